@@ -1,0 +1,107 @@
+#include "common/add_relu_host.h"
+
+#include <ATen/ATen.h>
+
+#include "common/checks.h"
+#include "common/layout.h"
+
+namespace fastblocks {
+
+namespace {
+constexpr const char* kForward = "add_relu";
+constexpr const char* kBackward = "add_relu_backward";
+
+void check_activation_tensor(const at::Tensor& t, const char* op, const char* arg) {
+  FASTBLOCKS_CHECK_ARG(t.dim() >= 2, op, arg, "must have rank >= 2 with channels in dim 1, got shape ", t.sizes());
+  check_floating_tensor(t, op, arg);
+}
+
+void check_same_shape(const at::Tensor& t, const char* arg, const at::Tensor& ref, const char* ref_arg,
+                      const char* op) {
+  FASTBLOCKS_CHECK_ARG(t.sizes() == ref.sizes(), op, arg, "must have the shape of '", ref_arg, "' ", ref.sizes(),
+                       " (no broadcasting), got ", t.sizes());
+}
+}  // namespace
+
+AddReluForwardPlan plan_add_relu_forward(const at::Tensor& x, const at::Tensor& residual,
+                                         const std::optional<at::Tensor>& scale,
+                                         const std::optional<at::Tensor>& bias, bool relu) {
+  check_activation_tensor(x, kForward, "x");
+  check_same_dtype_device(residual, "residual", x, "x", kForward);
+  check_same_shape(residual, "residual", x, "x", kForward);
+
+  AddReluForwardPlan plan;
+  const int64_t channels = x.size(1);
+  plan.scale = channel_param(scale, "scale", x, channels, kForward);
+  plan.bias = channel_param(bias, "bias", x, channels, kForward);
+
+  const ChannelOrder order = preferred_channel_order(x);
+  plan.out = empty_in_order(x.sizes(), x.options(), order);
+  plan.x = to_order(x, order);
+  plan.residual = to_order(residual, order);
+
+  auto& a = plan.args;
+  a.x = plan.x.const_data_ptr();
+  a.residual = plan.residual.const_data_ptr();
+  a.out = plan.out.mutable_data_ptr();
+  a.scale = plan.scale.defined() ? plan.scale.const_data_ptr() : nullptr;
+  a.bias = plan.bias.defined() ? plan.bias.const_data_ptr() : nullptr;
+  a.view = make_channel_view(x.sizes(), order);
+  a.dtype = x.scalar_type();
+  a.relu = relu;
+  return plan;
+}
+
+AddReluBackwardPlan plan_add_relu_backward(const at::Tensor& grad_out, const at::Tensor& out,
+                                           const std::optional<at::Tensor>& x,
+                                           const std::optional<at::Tensor>& scale, bool relu,
+                                           bool compute_param_grads) {
+  check_activation_tensor(out, kBackward, "out");
+  check_same_dtype_device(grad_out, "grad_out", out, "out", kBackward);
+  check_same_shape(grad_out, "grad_out", out, "out", kBackward);
+
+  AddReluBackwardPlan plan;
+  const int64_t channels = out.size(1);
+  plan.scale = channel_param(scale, "scale", out, channels, kBackward);
+  // x is read only for grad_scale = sum(g * x), and is only meaningful together with a scale.
+  const bool has_x = x.has_value() && x->defined();
+  FASTBLOCKS_CHECK_ARG(!has_x || plan.scale.defined(), kBackward, "x",
+                       "is only used for the gradient of 'scale': pass it together with 'scale', or pass None");
+  const bool want_grad_scale = compute_param_grads && has_x;
+
+  const ChannelOrder order = preferred_channel_order(out);
+  plan.out = to_order(out, order);
+  plan.grad_out = to_order(grad_out, order);
+  if (want_grad_scale) {
+    check_same_dtype_device(*x, "x", out, "out", kBackward);
+    check_same_shape(*x, "x", out, "out", kBackward);
+    plan.x = to_order(*x, order);
+  }
+
+  const auto acc_options = out.options().dtype(accumulation_dtype(out.scalar_type()));
+  plan.grad_residual = empty_in_order(out.sizes(), out.options(), order);
+  plan.grad_x = plan.scale.defined() ? empty_in_order(out.sizes(), out.options(), order) : at::empty({0}, out.options());
+  plan.grad_scale = at::empty({want_grad_scale ? channels : 0}, acc_options);
+  plan.grad_bias = at::empty({compute_param_grads ? channels : 0}, acc_options);
+
+  auto& a = plan.args;
+  a.grad_out = plan.grad_out.const_data_ptr();
+  a.out = plan.out.const_data_ptr();
+  a.x = want_grad_scale ? plan.x.const_data_ptr() : nullptr;
+  a.scale = plan.scale.defined() ? plan.scale.const_data_ptr() : nullptr;
+  a.grad_x = plan.scale.defined() ? plan.grad_x.mutable_data_ptr() : nullptr;
+  a.grad_residual = plan.grad_residual.mutable_data_ptr();
+  a.grad_scale = want_grad_scale ? plan.grad_scale.mutable_data_ptr() : nullptr;
+  a.grad_bias = compute_param_grads ? plan.grad_bias.mutable_data_ptr() : nullptr;
+  a.view = make_channel_view(out.sizes(), order);
+  a.dtype = out.scalar_type();
+  a.relu = relu;
+  if (out.numel() == 0) {
+    // Sums over no elements are zero; the kernels are not run.
+    plan.grad_scale.zero_();
+    plan.grad_bias.zero_();
+  }
+  return plan;
+}
+
+}  // namespace fastblocks

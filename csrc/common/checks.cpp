@@ -1,0 +1,41 @@
+#include "common/checks.h"
+
+#include <ATen/ATen.h>
+
+namespace fastblocks {
+
+at::ScalarType accumulation_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_floating_tensor(const at::Tensor& t, const char* op, const char* arg) {
+  const auto dtype = t.scalar_type();
+  FASTBLOCKS_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+                       op, arg, "must be float32, float64, float16 or bfloat16, got ", dtype);
+}
+
+void check_same_dtype_device(const at::Tensor& t, const char* arg, const at::Tensor& ref, const char* ref_arg,
+                             const char* op) {
+  FASTBLOCKS_CHECK_ARG(t.device() == ref.device(), op, arg, "must be on the same device as '", ref_arg, "' (",
+                       ref.device(), "), got ", t.device());
+  FASTBLOCKS_CHECK_ARG(t.scalar_type() == ref.scalar_type(), op, arg, "must have the dtype of '", ref_arg, "' (",
+                       ref.scalar_type(), "), got ", t.scalar_type());
+}
+
+at::Tensor channel_param(const std::optional<at::Tensor>& param, const char* arg, const at::Tensor& x,
+                         int64_t channels, const char* op) {
+  if (!param.has_value() || !param->defined()) {
+    return at::Tensor();
+  }
+  const at::Tensor& p = *param;
+  FASTBLOCKS_CHECK_ARG(p.dim() == 1 && p.size(0) == channels, op, arg,
+                       "must be a 1-D tensor of one value per channel (shape [", channels, "]), got shape ",
+                       p.sizes());
+  FASTBLOCKS_CHECK_ARG(p.device() == x.device(), op, arg, "must be on the device of 'x' (", x.device(), "), got ",
+                       p.device());
+  FASTBLOCKS_CHECK_ARG(p.scalar_type() == x.scalar_type() || p.scalar_type() == at::kFloat, op, arg,
+                       "must have the dtype of 'x' (", x.scalar_type(), ") or float32, got ", p.scalar_type());
+  return p.to(accumulation_dtype(x.scalar_type())).contiguous();
+}
+
+}  // namespace fastblocks

@@ -1,0 +1,27 @@
+// Argument checks whose messages name the op, the argument and what was expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <optional>
+
+#include <string>
+
+#define FASTBLOCKS_CHECK_ARG(COND, OP, ARG, ...) \
+  TORCH_CHECK((COND), "fastblocks::", OP, ": argument '", ARG, "' ", __VA_ARGS__)
+
+namespace fastblocks {
+
+// float32, float64, float16 or bfloat16.
+void check_floating_tensor(const at::Tensor& t, const char* op, const char* arg);
+// Same dtype and device as `ref` (named `ref_arg`).
+void check_same_dtype_device(const at::Tensor& t, const char* arg, const at::Tensor& ref, const char* ref_arg,
+                             const char* op);
+// A per-channel parameter ([C], floating, x's device, x's dtype or float32): returned as a contiguous tensor of
+// the accumulation dtype (float64 for float64 data, else float32), or an undefined tensor when absent.
+at::Tensor channel_param(const std::optional<at::Tensor>& param, const char* arg, const at::Tensor& x,
+                         int64_t channels, const char* op);
+// The dtype the kernels accumulate and keep per-channel parameters in.
+at::ScalarType accumulation_dtype(at::ScalarType dtype);
+
+}  // namespace fastblocks

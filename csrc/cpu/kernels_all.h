@@ -1,0 +1,2 @@
+// Every op's CPU kernel, compiled once per CPU capability (see kernels_default.cpp / kernels_avx2.cpp).
+#include "cpu/add_relu_kernel.h"

@@ -1,0 +1,79 @@
+// at::vec building blocks for the CPU kernels. Included only by the capability translation units
+// (kernels_default.cpp, kernels_avx2.cpp), which set CPU_CAPABILITY before including it.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+
+#include "common/epilogue.h"
+
+namespace fastblocks {
+
+// The epilogue's primitives on vectors (see common/epilogue.h for the scalar ones).
+template <typename T>
+struct ElementMath<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  static V zero() { return V(T(0)); }
+  static V relu(V v) { return at::vec::maximum(v, zero()); }  // NaN-propagating, like torch.relu
+  static V relu6(V v) { return at::vec::minimum(at::vec::maximum(v, zero()), V(T(6))); }
+  static V relu_grad(V grad, V out) { return V::blendv(zero(), grad, out > zero()); }
+  static V relu6_grad(V grad, V out) { return V::blendv(zero(), grad, (out > zero()) & (out < V(T(6)))); }
+};
+
+namespace cpu {
+inline namespace CPU_CAPABILITY {
+
+// A chunk of kSize consecutive elements of scalar_t, held as kVecs vectors of the accumulation type
+// (half and bfloat16 widen to two float vectors).
+template <typename scalar_t>
+struct Chunk {
+  using acc = acc_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc>;
+  static constexpr bool kReduced =
+      std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+  static constexpr int kVecs = kReduced ? 2 : 1;
+  static constexpr int64_t kLanes = Vec::size();
+  static constexpr int64_t kSize = kVecs * kLanes;
+
+  Vec v[kVecs];
+
+  // Loads n <= kSize elements; lanes past n are zero.
+  static Chunk load(const scalar_t* p, int64_t n = kSize) {
+    Chunk c;
+    if constexpr (kReduced) {
+      std::tie(c.v[0], c.v[1]) = at::vec::convert_to_float<scalar_t>(at::vec::Vectorized<scalar_t>::loadu(p, n));
+    } else {
+      c.v[0] = Vec::loadu(p, n);
+    }
+    return c;
+  }
+  void store(scalar_t* p, int64_t n = kSize) const {
+    if constexpr (kReduced) {
+      at::vec::convert_from_float<scalar_t>(v[0], v[1]).store(p, n);
+    } else {
+      v[0].store(p, n);
+    }
+  }
+  // Lanes of vector k that are inside the first n elements.
+  static int64_t lanes_of(int k, int64_t n) { return std::clamp<int64_t>(n - k * kLanes, 0, kLanes); }
+};
+
+template <typename V>
+typename V::value_type sum_lanes(const V& v) {
+  typename V::value_type lanes[V::size()];
+  v.store(lanes);
+  typename V::value_type total = 0;
+  for (int64_t i = 0; i < V::size(); ++i) total += lanes[i];
+  return total;
+}
+
+// Elements per task for at::parallel_for (ATen's own grain size).
+constexpr int64_t kGrainElements = 32768;
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fastblocks

@@ -1,0 +1,56 @@
+// CUDA impl of fastblocks::add_relu and fastblocks::add_relu_backward (schemas in csrc/fastblocks.cpp):
+// checks and allocation on the host, kernels in add_relu_kernel.cu, on the current stream under a device guard.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "common/add_relu_host.h"
+#include "common/checks.h"
+#include "cuda/launchers.h"
+
+namespace fastblocks {
+namespace {
+
+at::Tensor add_relu_cuda(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& scale,
+                         const std::optional<at::Tensor>& bias, bool relu) {
+  FASTBLOCKS_CHECK_ARG(x.is_cuda(), "add_relu", "x", "must be a CUDA tensor here (another argument is), got ",
+                       x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto plan = plan_add_relu_forward(x, residual, scale, bias, relu);
+  if (plan.out.numel() > 0) {
+    cuda::launch_add_relu_forward(plan.args, c10::cuda::getCurrentCUDAStream(x.get_device()).stream());
+  }
+  return plan.out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_relu_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& out, const std::optional<at::Tensor>& x,
+    const std::optional<at::Tensor>& scale, bool relu, bool compute_param_grads) {
+  FASTBLOCKS_CHECK_ARG(out.is_cuda(), "add_relu_backward", "out",
+                       "must be a CUDA tensor here (another argument is), got ", out.device());
+  const c10::cuda::CUDAGuard guard(out.device());
+  auto plan = plan_add_relu_backward(grad_out, out, x, scale, relu, compute_param_grads);
+  if (plan.out.numel() > 0) {
+    const int device = out.get_device();
+    const int64_t partials = cuda::add_relu_backward_partials(plan.args, device);
+    at::Tensor workspace;
+    if (partials > 0) {
+      workspace = at::empty({2 * partials * out.size(1)}, out.options().dtype(accumulation_dtype(out.scalar_type())));
+    }
+    cuda::launch_add_relu_backward(plan.args, partials > 0 ? workspace.mutable_data_ptr() : nullptr, partials,
+                                   device, c10::cuda::getCurrentCUDAStream(device).stream());
+  }
+  return {plan.grad_x, plan.grad_residual, plan.grad_scale, plan.grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastblocks, CUDA, m) {
+  m.impl("add_relu", &add_relu_cuda);
+  m.impl("add_relu_backward", &add_relu_backward_cuda);
+}
+
+}  // namespace fastblocks

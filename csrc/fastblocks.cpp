@@ -1,0 +1,56 @@
+// The fastblocks op library: every schema in one place (impls are registered beside their kernels in cpu/
+// and cuda/; fake impls and autograd in pyfastblocks/ops.py), and the Python module pyfastblocks._C.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "cpu/kernels.h"
+#include "generated/build_config.h"
+
+#ifdef PYFASTBLOCKS_WITH_CUDA
+namespace fastblocks::cuda {
+const char* compiled_cuda_archs();
+}
+#endif
+
+TORCH_LIBRARY(fastblocks, m) {
+  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  // relu(x * scale[c] + bias[c] + residual), channel = dim 1; relu=False leaves out the activation.
+  m.def("add_relu(Tensor x, Tensor residual, Tensor? scale=None, Tensor? bias=None, bool relu=True) -> Tensor",
+        tags);
+  // From the forward's output (its sign is the ReLU mask). grad_x is empty ([0]) when scale is None (it then
+  // equals grad_residual). With compute_param_grads, grad_bias = sum(g) per channel and, when x is given (it
+  // needs scale), grad_scale = sum(g * x); both [C] in the accumulation dtype (float64 for float64 data, else
+  // float32), else empty.
+  m.def(
+      "add_relu_backward(Tensor grad_out, Tensor out, Tensor? x, Tensor? scale, bool relu, bool compute_param_grads)"
+      " -> (Tensor grad_x, Tensor grad_residual, Tensor grad_scale, Tensor grad_bias)",
+      tags);
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["version"] = PYFASTBLOCKS_BUILD_VERSION;
+  info["torch_version"] = PYFASTBLOCKS_BUILD_TORCH_VERSION;
+#ifdef PYFASTBLOCKS_WITH_CUDA
+  info["cuda_compiled"] = true;
+  info["cuda_version"] = PYFASTBLOCKS_BUILD_TORCH_CUDA_VERSION;
+  info["cuda_archs_requested"] = PYFASTBLOCKS_BUILD_CUDA_ARCHS;
+  info["cuda_archs"] = fastblocks::cuda::compiled_cuda_archs();
+#else
+  info["cuda_compiled"] = false;
+  info["cuda_version"] = pybind11::none();
+  info["cuda_archs_requested"] = pybind11::none();
+  info["cuda_archs"] = pybind11::none();
+#endif
+  info["cpu_kernels"] = fastblocks::cpu::cpu_kernel_capability();
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "pyfastblocks kernels (ops are registered in torch.ops.fastblocks)";
+  m.def("build_info", &build_info, "How this extension was built, and which CPU kernels it runs");
+}

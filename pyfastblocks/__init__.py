@@ -1,0 +1,30 @@
+"""pyfastblocks: fused CPU/CUDA kernels for the classic CNN blocks.
+
+Ops live in ``torch.ops.fastblocks`` (Python wrappers in :mod:`pyfastblocks.ops`), modules in
+:mod:`pyfastblocks.nn`.
+"""
+import torch
+
+from ._extension import _C  # loads the compiled kernels (and says why, if they don't load)
+from . import nn, ops
+from .ops import add_relu
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info() -> dict:
+    """How the extension was built and what this process runs it with.
+
+    Keys: ``version``; ``torch_version`` / ``cuda_version`` it was built with; ``cuda_archs`` (the
+    ``__CUDA_ARCH_LIST__`` compiled in) and ``cuda_archs_requested``; ``cuda_compiled``; ``cpu_kernels``
+    (``"avx2"`` or ``"default"``, the CPU kernels this process runs); ``torch_runtime_version``;
+    ``cuda_available``; ``cpu_capability`` (ATen's).
+    """
+    info = dict(_C.build_info())
+    info["torch_runtime_version"] = torch.__version__
+    info["cuda_available"] = bool(info["cuda_compiled"] and torch.cuda.is_available())
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return info
+
+
+__all__ = ["add_relu", "build_info", "nn", "ops"]

@@ -1,0 +1,6 @@
+"""Modules built on the fused ops. Their parameters and buffers carry the names of nn.BatchNorm2d / nn.Conv2d,
+so state_dicts load unchanged."""
+from .batchnorm import batchnorm_scale_bias
+from .residual import BNAddReLU
+
+__all__ = ["BNAddReLU", "batchnorm_scale_bias"]

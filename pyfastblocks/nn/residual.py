@@ -1,0 +1,50 @@
+"""The tail of a residual block: relu(bn(x) + residual) as one fused pass (fastblocks::add_relu)."""
+import torch
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .. import ops
+from .batchnorm import batchnorm_scale_bias
+
+
+class BNAddReLU(_BatchNorm):
+    """``relu(bn(x) + residual)``, called as ``m(x, residual)``; ``relu=False`` gives ``bn(x) + residual``.
+
+    Holds the parameters and buffers of ``nn.BatchNorm2d(num_features, eps, momentum)`` under the same
+    state_dict keys (``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches_tracked``). In
+    eval the BatchNorm is folded into the op's per-channel scale/bias, so the whole tail is one pass over
+    memory; in training the batch statistics are computed as BatchNorm computes them (running statistics
+    updated the same way) and normalize + add + ReLU still run as the one fused pass, with gradients flowing
+    back through the statistics.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        relu: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.relu = relu
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(f"BNAddReLU: argument 'x' must be 4-D [N, C, H, W], got {input.dim()}-D")
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:  # type: ignore[override]
+        self._check_input_dim(x)
+        if x.size(1) != self.num_features:
+            raise ValueError(f"BNAddReLU: argument 'x' has {x.size(1)} channels, expected {self.num_features}")
+        scale, bias = batchnorm_scale_bias(self, x)
+        return ops.add_relu(x, residual, scale, bias, relu=self.relu)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", relu={self.relu}"
+
+
+__all__ = ["BNAddReLU"]

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The project's one-call GPU check (see README, "GPU check"): build with the CUDA kernels, run the whole test
+# suite (CUDA cases run wherever torch.cuda.is_available()), run the benchmarks, and a compute-sanitizer
+# memcheck of the kernels. Logs go to $OUT (at most 8 files come back from the device machine).
+# Run from the repository root:  bash scripts/gpu_check.sh
+set -u -o pipefail
+OUT="${OUT:-$PWD/gpu_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY="python3 -P"  # -P: never import the source tree's pyfastblocks (it has no compiled _C) instead of the installed one
+LOG="$OUT/gpu_check.log"
+step() { echo "=== $* ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
+
+step environment
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  git log -1 --format='commit %H %s' 2>/dev/null || true; } 2>&1 | tee -a "$LOG"
+
+step build
+if ! MAX_JOBS=16 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
+    python3 -m pip install --no-build-isolation --no-deps -v . > /tmp/gpu_build.log 2>&1; then
+  tail -60 /tmp/gpu_build.log | tee -a "$LOG"; exit 1
+fi
+grep -E "ptxas|warning" /tmp/gpu_build.log | head -40 >> "$LOG"
+$PY -c "import pyfastblocks; print(pyfastblocks.build_info())" 2>&1 | tee -a "$LOG"
+
+step tests
+timeout 240 $PY -m pytest -q --maxfail=20 -rs tests 2>&1 | tail -40 | tee -a "$LOG"
+
+step "benchmark fp16 channels_last"
+timeout 200 $PY -m pyfastblocks.bench --out /tmp/bench_fp16 2>&1 | grep -v "it/s" | tail -30 | tee -a "$LOG"
+step "benchmark fp32 nchw"
+timeout 120 $PY -m pyfastblocks.bench --dtype fp32 --layout nchw --batch 64 --out /tmp/bench_fp32 2>&1 | grep -v "it/s" | tail -20 | tee -a "$LOG"
+for d in bench_fp16 bench_fp32; do
+  [ -f /tmp/$d/results.json ] && cp /tmp/$d/results.json "$OUT/$d.json" && cp /tmp/$d/results.md "$OUT/$d.md"
+done
+
+step "compute-sanitizer memcheck"
+if command -v compute-sanitizer > /dev/null; then
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY scripts/sanitizer_workload.py 2>&1 | tail -15 | tee -a "$LOG"
+fi
+step done

@@ -1,0 +1,26 @@
+"""A small run of every CUDA kernel path, for compute-sanitizer (scripts/gpu_check.sh)."""
+import torch
+
+from pyfastblocks import ops
+
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    for shape in [(2, 8, 5, 7), (3, 5, 3, 3), (2, 64, 4, 4), (5, 3), (1, 1, 1, 1)]:
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            if len(shape) != 4 and fmt is torch.channels_last:
+                continue
+            x = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+            r = torch.randn(shape, device="cuda", dtype=dtype).requires_grad_()
+            c = shape[1]
+            s = (torch.rand(c, device="cuda") + 0.5).requires_grad_()
+            b = torch.randn(c, device="cuda").requires_grad_()
+            if dtype == torch.float64:
+                s, b = s.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+            for args in [(s, b), (None, None), (s, None), (None, b)]:
+                for relu in (True, False):
+                    ops.add_relu(x, r, *args, relu=relu).sum().backward()
+            # a view starting one element in: the scalar (unaligned) path
+            flat = torch.randn(x.numel() + 1, device="cuda", dtype=dtype)[1:].view(shape)
+            ops.add_relu(flat, flat, s.detach(), b.detach())
+torch.cuda.synchronize()
+print("sanitizer workload done")

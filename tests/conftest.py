@@ -1,0 +1,51 @@
+"""Shared test helpers: devices, dtypes, tolerances and layouts. Every CUDA case runs wherever CUDA is available."""
+import pytest
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+LAYOUTS = ["nchw", "channels_last", "noncontiguous"]
+
+# Error bound against a float64 reference, per output dtype: the kernels compute in float32 (float64 for
+# float64) and round once at the end, so the bound is a few output ulps.
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+}
+
+
+def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as t in the given memory layout (a strided view for 'noncontiguous')."""
+    if layout == "nchw":
+        return t.contiguous()
+    if layout == "channels_last":
+        if t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        if t.dim() == 5:
+            return t.contiguous(memory_format=torch.channels_last_3d)
+        return t.movedim(1, -1).contiguous().movedim(-1, 1)
+    if layout == "noncontiguous":
+        # Every other element of a twice-as-wide buffer along the last dim: strided, not dense.
+        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        view = wide[..., ::2]
+        view.copy_(t)
+        return view
+    raise ValueError(layout)
+
+
+def assert_close(actual, expected, dtype=None):
+    dtype = dtype or actual.dtype
+    torch.testing.assert_close(actual.double(), expected.double(), **TOLERANCES[dtype])
+
+
+def pytest_report_header(config):
+    import pyfastblocks
+
+    return f"pyfastblocks from {pyfastblocks.__file__}: {pyfastblocks.build_info()}"
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
