@@ -48,8 +48,85 @@ void with_vec(int vec, F&& f) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Per-channel parameters of one pack of VEC consecutive elements starting at flat index `first`.
+// The mode is chosen on the host so the common layouts need no per-element channel arithmetic.
+enum class ChannelMode : int {
+  kNone,        // no scale or bias: 1 and 0
+  kPerPack,     // run % VEC == 0: the whole pack is in one channel (one load of each parameter)
+  kRowVector,   // channels-last (run == 1), C % VEC == 0, parameters aligned: VEC consecutive channels
+  kPerElement,  // anything else: a channel cursor per element
+};
+
+template <typename acc, int VEC, ChannelMode M>
+__device__ __forceinline__ void pack_params(const acc* __restrict__ scale, const acc* __restrict__ bias, int64_t first,
+                                            const ChannelView& v, acc (&s)[VEC], acc (&b)[VEC]) {
+  if constexpr (M == ChannelMode::kNone) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) s[k] = acc(1), b[k] = acc(0);
+  } else if constexpr (M == ChannelMode::kPerPack) {
+    const int64_t c = (first / v.run) % v.channels;
+    const acc s0 = scale ? scale[c] : acc(1), b0 = bias ? bias[c] : acc(0);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) s[k] = s0, b[k] = b0;
+  } else if constexpr (M == ChannelMode::kRowVector) {
+    const int64_t c0 = first % v.channels;
+    if (scale) {
+      const auto sp = *reinterpret_cast<const Pack<acc, VEC>*>(scale + c0);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) s[k] = sp.v[k];
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) s[k] = acc(1);
+    }
+    if (bias) {
+      const auto bp = *reinterpret_cast<const Pack<acc, VEC>*>(bias + c0);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) b[k] = bp.v[k];
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) b[k] = acc(0);
+    }
+  } else {
+    ChannelCursor cur(first, v.run, v.channels);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      s[k] = scale ? scale[cur.channel] : acc(1);
+      b[k] = bias ? bias[cur.channel] : acc(0);
+      cur.next(v.run, v.channels);
+    }
+  }
+}
+
+template <typename T, int VEC>
+ChannelMode pick_channel_mode(const ChannelView& v, const void* scale, const void* bias) {
+  using acc = acc_t<T>;
+  if (scale == nullptr && bias == nullptr) return ChannelMode::kNone;
+  if (v.run % VEC == 0) return ChannelMode::kPerPack;
+  const auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % (sizeof(acc) * VEC) == 0; };
+  if (v.run == 1 && v.channels % VEC == 0 && aligned(scale) && aligned(bias)) return ChannelMode::kRowVector;
+  return ChannelMode::kPerElement;
+}
+
+// Calls f(integral_constant<ChannelMode, M>) for the mode; with VEC == 1 every pack is one element, so
+// kPerPack covers all affine cases and the other modes are not instantiated.
+template <int VEC, typename F>
+void with_channel_mode(ChannelMode mode, F&& f) {
+  using M = ChannelMode;
+  if (mode == M::kNone) return f(std::integral_constant<M, M::kNone>{});
+  if constexpr (VEC == 1) {
+    return f(std::integral_constant<M, M::kPerPack>{});
+  } else {
+    switch (mode) {
+      case M::kPerPack: return f(std::integral_constant<M, M::kPerPack>{});
+      case M::kRowVector: return f(std::integral_constant<M, M::kRowVector>{});
+      default: return f(std::integral_constant<M, M::kPerElement>{});
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Forward.
-template <typename T, int VEC, Activation A>
+template <typename T, int VEC, Activation A, ChannelMode M>
 __global__ void __launch_bounds__(kThreads)
     add_relu_forward_kernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ out,
                             const acc_t<T>* __restrict__ scale, const acc_t<T>* __restrict__ bias, ChannelView view) {
@@ -66,26 +143,16 @@ __global__ void __launch_bounds__(kThreads)
       rv[u] = reinterpret_cast<const P*>(r)[j];
     }
   }
-  const bool affine = scale != nullptr || bias != nullptr;
 #pragma unroll
   for (int u = 0; u < kIlp; ++u) {
     const int64_t j = first + u * kThreads;
     if (j < packs) {
+      acc s[VEC], b[VEC];
+      pack_params<acc, VEC, M>(scale, bias, j * VEC, view, s, b);
       P yv;
-      if (affine) {
-        ChannelCursor cur(j * VEC, view.run, view.channels);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const acc s = scale ? scale[cur.channel] : acc(1);
-          const acc b = bias ? bias[cur.channel] : acc(0);
-          yv.v[k] = static_cast<T>(epilogue<A>(static_cast<acc>(xv[u].v[k]), s, b, static_cast<acc>(rv[u].v[k])));
-          cur.next(view.run, view.channels);
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          yv.v[k] = static_cast<T>(activate<A>(static_cast<acc>(xv[u].v[k]) + static_cast<acc>(rv[u].v[k])));
-        }
+      for (int k = 0; k < VEC; ++k) {
+        yv.v[k] = static_cast<T>(epilogue<A>(static_cast<acc>(xv[u].v[k]), s[k], b[k], static_cast<acc>(rv[u].v[k])));
       }
       reinterpret_cast<P*>(out)[j] = yv;
     }
@@ -94,10 +161,9 @@ __global__ void __launch_bounds__(kThreads)
   if (blockIdx.x == 0) {
     const int64_t i = packs * VEC + threadIdx.x;
     if (i < view.numel) {
-      const ChannelCursor cur(i, view.run, view.channels);
-      const acc s = scale ? scale[cur.channel] : acc(1);
-      const acc b = bias ? bias[cur.channel] : acc(0);
-      out[i] = static_cast<T>(epilogue<A>(static_cast<acc>(x[i]), s, b, static_cast<acc>(r[i])));
+      acc s[1], b[1];
+      pack_params<acc, 1, M == ChannelMode::kNone ? M : ChannelMode::kPerPack>(scale, bias, i, view, s, b);
+      out[i] = static_cast<T>(epilogue<A>(static_cast<acc>(x[i]), s[0], b[0], static_cast<acc>(r[i])));
     }
   }
 }
@@ -107,22 +173,27 @@ void forward_typed(const AddReluForwardArgs& a, cudaStream_t stream) {
   const int vec = pick_vec<T>(1, {a.x, a.residual, a.out});
   with_vec<T>(vec, [&](auto vec_constant) {
     constexpr int VEC = decltype(vec_constant)::value;
-    const int64_t blocks = std::max<int64_t>(1, ceil_div(a.view.numel / VEC, kThreads * kIlp));
-    add_relu_forward_kernel<T, VEC, A><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        static_cast<const T*>(a.x), static_cast<const T*>(a.residual), static_cast<T*>(a.out),
-        static_cast<const acc_t<T>*>(a.scale), static_cast<const acc_t<T>*>(a.bias), a.view);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_channel_mode<VEC>(pick_channel_mode<T, VEC>(a.view, a.scale, a.bias), [&](auto mode_constant) {
+      constexpr ChannelMode M = decltype(mode_constant)::value;
+      const int64_t blocks = std::max<int64_t>(1, ceil_div(a.view.numel / VEC, kThreads * kIlp));
+      add_relu_forward_kernel<T, VEC, A, M><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          static_cast<const T*>(a.x), static_cast<const T*>(a.residual), static_cast<T*>(a.out),
+          static_cast<const acc_t<T>*>(a.scale), static_cast<const acc_t<T>*>(a.bias), a.view);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Backward, elementwise only (no per-channel sums): grad_residual = act'(grad_out); grad_x = that * scale.
-template <typename T, int VEC, Activation A, bool SCALE>
+// Backward, elementwise only (no per-channel sums): grad_residual = act'(grad_out); grad_x = that * scale
+// (M == kNone: no scale, grad_x is not written).
+template <typename T, int VEC, Activation A, ChannelMode M>
 __global__ void __launch_bounds__(kThreads)
     add_relu_backward_elementwise_kernel(const T* __restrict__ gy, const T* __restrict__ y, T* __restrict__ gx,
                                          T* __restrict__ gr, const acc_t<T>* __restrict__ scale, ChannelView view) {
   using acc = acc_t<T>;
   using P = Pack<T, VEC>;
+  constexpr bool kScale = M != ChannelMode::kNone;
   const int64_t packs = view.numel / VEC;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads * kIlp + threadIdx.x;
   P gv[kIlp], yv[kIlp];
@@ -138,27 +209,27 @@ __global__ void __launch_bounds__(kThreads)
   for (int u = 0; u < kIlp; ++u) {
     const int64_t j = first + u * kThreads;
     if (j < packs) {
+      acc s[VEC], unused[VEC];
+      pack_params<acc, VEC, M>(scale, nullptr, j * VEC, view, s, unused);
       P grv, gxv;
-      ChannelCursor cur(SCALE ? j * VEC : 0, view.run, view.channels);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         const acc g = activation_grad<A>(static_cast<acc>(gv[u].v[k]), static_cast<acc>(yv[u].v[k]));
         grv.v[k] = static_cast<T>(g);
-        if constexpr (SCALE) {
-          gxv.v[k] = static_cast<T>(g * scale[cur.channel]);
-          cur.next(view.run, view.channels);
-        }
+        if constexpr (kScale) gxv.v[k] = static_cast<T>(g * s[k]);
       }
       reinterpret_cast<P*>(gr)[j] = grv;
-      if constexpr (SCALE) reinterpret_cast<P*>(gx)[j] = gxv;
+      if constexpr (kScale) reinterpret_cast<P*>(gx)[j] = gxv;
     }
   }
   if (blockIdx.x == 0) {
     const int64_t i = packs * VEC + threadIdx.x;
     if (i < view.numel) {
+      acc s[1], unused[1];
+      pack_params<acc, 1, kScale ? ChannelMode::kPerPack : ChannelMode::kNone>(scale, nullptr, i, view, s, unused);
       const acc g = activation_grad<A>(static_cast<acc>(gy[i]), static_cast<acc>(y[i]));
       gr[i] = static_cast<T>(g);
-      if constexpr (SCALE) gx[i] = static_cast<T>(g * scale[ChannelCursor(i, view.run, view.channels).channel]);
+      if constexpr (kScale) gx[i] = static_cast<T>(g * s[0]);
     }
   }
 }
@@ -352,10 +423,13 @@ void backward_typed(const AddReluBackwardArgs& a, void* workspace, int64_t parti
     const int vec = pick_vec<T>(1, {gy, y, gx, gr});
     with_vec<T>(vec, [&](auto vec_constant) {
       constexpr int VEC = decltype(vec_constant)::value;
-      const int64_t blocks = std::max<int64_t>(1, ceil_div(v.numel / VEC, kThreads * kIlp));
-      add_relu_backward_elementwise_kernel<T, VEC, A, SCALE>
-          <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(gy, y, gx, gr, scale, v);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_channel_mode<VEC>(pick_channel_mode<T, VEC>(v, SCALE ? scale : nullptr, nullptr), [&](auto mode_constant) {
+        constexpr ChannelMode M = decltype(mode_constant)::value;
+        const int64_t blocks = std::max<int64_t>(1, ceil_div(v.numel / VEC, kThreads * kIlp));
+        add_relu_backward_elementwise_kernel<T, VEC, A, M>
+            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(gy, y, gx, gr, scale, v);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
     return;
   }
