@@ -24,6 +24,9 @@ fi
 grep -E "ptxas|warning" /tmp/gpu_build.log | head -40 >> "$LOG"
 $PY -c "import pyfastblocks; print(pyfastblocks.build_info())" 2>&1 | tee -a "$LOG"
 
+QUICK="${GPU_CHECK_QUICK:-0}"  # 1: build, tests, benchmarks and memcheck only
+
+if [ "$QUICK" != 1 ]; then
 step "mixed-device errors"
 for c in residual_cuda scale_cuda x_cuda scale_cpu; do
   timeout 60 $PY scripts/repro_mixed_device.py $c 2>&1 | tail -4 | tee -a "$LOG"
@@ -31,14 +34,17 @@ for c in residual_cuda scale_cuda x_cuda scale_cpu; do
     timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 -P scripts/repro_mixed_device.py $c 2>&1 | grep -E "^#|signal" | head -30 | tee -a "$LOG"
   fi
 done
+fi
 
 step tests
 # -n 4 (pytest-xdist): a crashing test takes down one worker, not the run.
 timeout 300 $PY -m pytest -q -n 4 -rs tests > "$OUT/tests.log" 2>&1
 tail -15 "$OUT/tests.log" | tee -a "$LOG"
 
-step "host overhead"
-timeout 60 $PY scripts/overhead_add_relu.py 2>&1 | tee -a "$LOG"
+if [ "$QUICK" != 1 ]; then
+  step "host overhead"
+  timeout 60 $PY scripts/overhead_add_relu.py 2>&1 | tee -a "$LOG"
+fi
 
 step "benchmark fp16 channels_last"
 timeout 200 $PY -m pyfastblocks.bench --out /tmp/bench_fp16 2>&1 | grep -v "it/s" | tail -30 | tee -a "$LOG"
@@ -53,7 +59,7 @@ if command -v compute-sanitizer > /dev/null; then
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY scripts/sanitizer_workload.py 2>&1 | tail -15 | tee -a "$LOG"
 fi
 step "nsight compute"
-if command -v ncu > /dev/null; then
+if [ "$QUICK" != 1 ] && command -v ncu > /dev/null; then
   timeout 150 ncu --clock-control none -k regex:add_relu_forward --section SpeedOfLight --section Occupancy \
     --section LaunchStats $PY scripts/profile_add_relu.py > "$OUT/ncu.log" 2>&1
   grep -E "add_relu_forward|Memory Throughput|DRAM Throughput|Duration|Achieved Occupancy|Registers Per|Compute \(SM\)" "$OUT/ncu.log" | head -60 | tee -a "$LOG"

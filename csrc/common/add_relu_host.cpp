@@ -12,14 +12,15 @@ constexpr const char* kForward = "add_relu";
 constexpr const char* kBackward = "add_relu_backward";
 
 void check_activation_tensor(const at::Tensor& t, const char* op, const char* arg) {
-  FASTBLOCKS_CHECK_ARG(t.dim() >= 2, op, arg, "must have rank >= 2 with channels in dim 1, got shape ", t.sizes());
+  FASTBLOCKS_CHECK_ARG(t.dim() >= 2, op, arg, "must have rank >= 2 with channels in dim 1, got shape ",
+                       shape_string(t.sizes()));
   check_floating_tensor(t, op, arg);
 }
 
 void check_same_shape(const at::Tensor& t, const char* arg, const at::Tensor& ref, const char* ref_arg,
                       const char* op) {
-  FASTBLOCKS_CHECK_ARG(t.sizes() == ref.sizes(), op, arg, "must have the shape of '", ref_arg, "' ", ref.sizes(),
-                       " (no broadcasting), got ", t.sizes());
+  FASTBLOCKS_CHECK_ARG(t.sizes() == ref.sizes(), op, arg, "must have the shape of '", ref_arg, "' ",
+                       shape_string(ref.sizes()), " (no broadcasting), got ", shape_string(t.sizes()));
 }
 }  // namespace
 

@@ -8,6 +8,21 @@ at::ScalarType accumulation_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+std::string shape_string(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(sizes[i]);
+  }
+  return out + "]";
+}
+
+void check_same_device(const at::Tensor& t, const char* arg, const at::Tensor& ref, const char* ref_arg,
+                       const char* op) {
+  FASTBLOCKS_CHECK_ARG(t.device() == ref.device(), op, arg, "must be on the same device as '", ref_arg, "' (",
+                       ref.device(), "), got ", t.device());
+}
+
 void check_floating_tensor(const at::Tensor& t, const char* op, const char* arg) {
   const auto dtype = t.scalar_type();
   FASTBLOCKS_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
@@ -16,8 +31,7 @@ void check_floating_tensor(const at::Tensor& t, const char* op, const char* arg)
 
 void check_same_dtype_device(const at::Tensor& t, const char* arg, const at::Tensor& ref, const char* ref_arg,
                              const char* op) {
-  FASTBLOCKS_CHECK_ARG(t.device() == ref.device(), op, arg, "must be on the same device as '", ref_arg, "' (",
-                       ref.device(), "), got ", t.device());
+  check_same_device(t, arg, ref, ref_arg, op);
   FASTBLOCKS_CHECK_ARG(t.scalar_type() == ref.scalar_type(), op, arg, "must have the dtype of '", ref_arg, "' (",
                        ref.scalar_type(), "), got ", t.scalar_type());
 }
@@ -30,7 +44,7 @@ at::Tensor channel_param(const std::optional<at::Tensor>& param, const char* arg
   const at::Tensor& p = *param;
   FASTBLOCKS_CHECK_ARG(p.dim() == 1 && p.size(0) == channels, op, arg,
                        "must be a 1-D tensor of one value per channel (shape [", channels, "]), got shape ",
-                       p.sizes());
+                       shape_string(p.sizes()));
   FASTBLOCKS_CHECK_ARG(p.device() == x.device(), op, arg, "must be on the device of 'x' (", x.device(), "), got ",
                        p.device());
   FASTBLOCKS_CHECK_ARG(p.scalar_type() == x.scalar_type() || p.scalar_type() == at::kFloat, op, arg,

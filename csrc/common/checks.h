@@ -12,6 +12,11 @@
 
 namespace fastblocks {
 
+// "[2, 4, 3, 3]": sizes for messages, formatted without ostream templates.
+std::string shape_string(at::IntArrayRef sizes);
+// Same device as `ref` (named `ref_arg`).
+void check_same_device(const at::Tensor& t, const char* arg, const at::Tensor& ref, const char* ref_arg,
+                       const char* op);
 // float32, float64, float16 or bfloat16.
 void check_floating_tensor(const at::Tensor& t, const char* op, const char* arg);
 // Same dtype and device as `ref` (named `ref_arg`).

@@ -16,8 +16,10 @@ namespace {
 
 at::Tensor add_relu_cuda(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& scale,
                          const std::optional<at::Tensor>& bias, bool relu) {
-  FASTBLOCKS_CHECK_ARG(x.is_cuda(), "add_relu", "x", "must be a CUDA tensor here (another argument is), got ",
-                       x.device());
+  // Name the argument on the other device (the dispatcher sent us here because one of them is on CUDA).
+  check_same_device(residual, "residual", x, "x", "add_relu");
+  if (scale.has_value() && scale->defined()) check_same_device(*scale, "scale", x, "x", "add_relu");
+  if (bias.has_value() && bias->defined()) check_same_device(*bias, "bias", x, "x", "add_relu");
   const c10::cuda::CUDAGuard guard(x.device());
   auto plan = plan_add_relu_forward(x, residual, scale, bias, relu);
   if (plan.out.numel() > 0) {
@@ -29,8 +31,9 @@ at::Tensor add_relu_cuda(const at::Tensor& x, const at::Tensor& residual, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_relu_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& out, const std::optional<at::Tensor>& x,
     const std::optional<at::Tensor>& scale, bool relu, bool compute_param_grads) {
-  FASTBLOCKS_CHECK_ARG(out.is_cuda(), "add_relu_backward", "out",
-                       "must be a CUDA tensor here (another argument is), got ", out.device());
+  check_same_device(grad_out, "grad_out", out, "out", "add_relu_backward");
+  if (x.has_value() && x->defined()) check_same_device(*x, "x", out, "out", "add_relu_backward");
+  if (scale.has_value() && scale->defined()) check_same_device(*scale, "scale", out, "out", "add_relu_backward");
   const c10::cuda::CUDAGuard guard(out.device());
   auto plan = plan_add_relu_backward(grad_out, out, x, scale, relu, compute_param_grads);
   if (plan.out.numel() > 0) {

@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T, Activation A>
 void forward_typed(const AddReluForwardArgs& a, cudaStream_t stream) {
-  const int vec = pick_vec<T>(1, {a.x, a.residual, a.out});
+  const int vec = pick_vec<T>(0, {a.x, a.residual, a.out});
   with_vec<T>(vec, [&](auto vec_constant) {
     constexpr int VEC = decltype(vec_constant)::value;
     with_channel_mode<VEC>(pick_channel_mode<T, VEC>(a.view, a.scale, a.bias), [&](auto mode_constant) {
@@ -420,7 +420,7 @@ void backward_typed(const AddReluBackwardArgs& a, void* workspace, int64_t parti
   const bool reduce = a.grad_bias != nullptr || a.grad_scale != nullptr;
 
   if (!reduce) {
-    const int vec = pick_vec<T>(1, {gy, y, gx, gr});
+    const int vec = pick_vec<T>(0, {gy, y, gx, gr});
     with_vec<T>(vec, [&](auto vec_constant) {
       constexpr int VEC = decltype(vec_constant)::value;
       with_channel_mode<VEC>(pick_channel_mode<T, VEC>(v, SCALE ? scale : nullptr, nullptr), [&](auto mode_constant) {

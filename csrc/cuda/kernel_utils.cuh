@@ -17,7 +17,8 @@ struct alignas(sizeof(T) * VEC) Pack {
   T v[VEC];
 };
 
-// 16 / sizeof(T) when every pointer is 16-byte aligned and `multiple_of` is a multiple of that width, else 1.
+// 16 / sizeof(T) when every pointer is 16-byte aligned and `multiple_of` is a multiple of that width (0: no
+// constraint, for flat loops whose tail is handled separately), else 1.
 template <typename T>
 inline int pick_vec(int64_t multiple_of, std::initializer_list<const void*> ptrs) {
   constexpr int kWide = 16 / static_cast<int>(sizeof(T));
