@@ -43,7 +43,7 @@ at::Tensor channel_param(const std::optional<at::Tensor>& param, const char* arg
   }
   const at::Tensor& p = *param;
   FASTBLOCKS_CHECK_ARG(p.dim() == 1 && p.size(0) == channels, op, arg,
-                       "must be a 1-D tensor of one value per channel (shape [", channels, "]), got shape ",
+                       "must be a 1-D tensor of one value per channel (shape [", std::to_string(channels), "]), got shape ",
                        shape_string(p.sizes()));
   FASTBLOCKS_CHECK_ARG(p.device() == x.device(), op, arg, "must be on the device of 'x' (", x.device(), "), got ",
                        p.device());

@@ -1,4 +1,8 @@
 // Argument checks whose messages name the op, the argument and what was expected.
+//
+// Numbers in messages go through std::to_string / shape_string, never std::ostream: on the H200 image this
+// project is tested on (torch 2.11), streaming an integer into a TORCH_CHECK message from this extension
+// crashed the process, while strings, dtypes and devices streamed fine.
 #pragma once
 
 #include <ATen/core/Tensor.h>
