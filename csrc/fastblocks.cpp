@@ -25,6 +25,15 @@ TORCH_LIBRARY(fastblocks, m) {
       "add_relu_backward(Tensor grad_out, Tensor out, Tensor? x, Tensor? scale, bool relu, bool compute_param_grads)"
       " -> (Tensor grad_x, Tensor grad_residual, Tensor grad_scale, Tensor grad_bias)",
       tags);
+  // act(cat(inputs, 1) * scale[c] + bias[c]) in one pass; scale/bias run over the output channels.
+  m.def("branch_concat(Tensor[] inputs, Tensor? scale=None, Tensor? bias=None, bool relu=True) -> Tensor", tags);
+  // One gradient per branch (channels[i] channels each, in out's memory order). With compute_param_grads,
+  // grad_bias = sum(g) per channel and, when the inputs are given, grad_scale = sum(g * cat(inputs)); both [C] in
+  // the accumulation dtype, else empty.
+  m.def(
+      "branch_concat_backward(Tensor grad_out, Tensor out, SymInt[] channels, Tensor[] inputs, Tensor? scale, bool relu,"
+      " bool compute_param_grads) -> (Tensor[] grad_inputs, Tensor grad_scale, Tensor grad_bias)",
+      tags);
 }
 
 namespace {

@@ -18,6 +18,14 @@ def preferred_channel_order(x: torch.Tensor) -> str:
     return LAST
 
 
+def inputs_channel_order(inputs) -> str:
+    """The order of a list of inputs (branch_concat): the first input with more than one channel decides."""
+    for t in inputs:
+        if t.size(1) > 1:
+            return preferred_channel_order(t)
+    return FIRST
+
+
 def empty_in_order(sizes: Sequence[int], like: torch.Tensor, order: str, dtype=None) -> torch.Tensor:
     """An uninitialized tensor of `sizes`, dense in `order`, with like's device (and dtype unless given)."""
     sizes = list(sizes)

@@ -28,6 +28,12 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
 # ResNet-50's block outputs (where the residual add+ReLU runs): channels, height/width.
 RESNET50_TAILS = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
+# InceptionV3 module tails (branch channels, height/width); Mixed_7b's inner 3x3 pairs are separate inputs.
+INCEPTION_V3_TAILS = [
+    ("Mixed_5b", [64, 64, 96, 32], 35),
+    ("Mixed_6b", [192, 192, 192, 192], 17),
+    ("Mixed_7b", [320, 384, 384, 384, 384, 192], 8),
+]
 
 
 @dataclass
@@ -122,6 +128,33 @@ def add_relu_cases(device: torch.device, dtype: torch.dtype, layout: str, batche
     return cases
 
 
+def branch_concat_cases(device: torch.device, dtype: torch.dtype, layout: str, batches: List[int], tails) -> List[Case]:
+    cases = []
+    dname = {v: k for k, v in DTYPES.items()}[dtype]
+    eps = 1e-3
+    for batch in batches:
+        for name, channels, hw in tails:
+            xs = [_in_layout(torch.randn(batch, c, hw, hw, device=device, dtype=dtype), layout) for c in channels]
+            bns = [(torch.rand(c, device=device) + 0.5, torch.randn(c, device=device), torch.randn(c, device=device) * 0.1,
+                    torch.rand(c, device=device) + 0.5) for c in channels]
+            scale = torch.cat([w * torch.rsqrt(rv + eps) for w, _, _, rv in bns])
+            bias = torch.cat([b - rm * w * torch.rsqrt(rv + eps) for w, b, rm, rv in bns])
+            nbytes = 2 * sum(x.numel() for x in xs) * xs[0].element_size()
+
+            def eager(xs=xs, bns=bns):
+                # What torchvision's Inception runs: BasicConv2d's bn + relu(inplace) per branch, then cat.
+                return torch.cat([torch.relu_(F.batch_norm(x, rm, rv, w, b, False, 0.0, eps))
+                                  for x, (w, b, rm, rv) in zip(xs, bns)], 1)
+
+            shape = (batch, sum(channels), hw, hw)
+            cases.append(Case("branch_concat", f"{name} bn+relu+cat", shape, dname, layout,
+                              lambda xs=xs, s=scale, b=bias: ops.branch_concat(xs, s, b), eager, nbytes))
+    return cases
+
+
+OP_CASES = {"add_relu": add_relu_cases, "branch_concat": branch_concat_cases}
+
+
 def run_case(case: Case, device: torch.device, copy_gbs: float, min_run_time: float, use_compile: bool) -> Row:
     row = Row(case.op, case.variant, "x".join(map(str, case.shape)), case.dtype, case.layout)
     dtype = DTYPES[case.dtype]
@@ -202,7 +235,8 @@ def parse_args(argv=None):
     p.add_argument("--layout", default=None, choices=["nchw", "channels_last"],
                    help="default: channels_last on CUDA, nchw on CPU")
     p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default: 32 64; --quick: 8)")
-    p.add_argument("--quick", action="store_true", help="a short run (2 shapes, batch 8, shorter timings)")
+    p.add_argument("--quick", action="store_true", help="a short run (fewer shapes, batch 8, shorter timings)")
+    p.add_argument("--ops", nargs="+", default=list(OP_CASES), choices=list(OP_CASES), help="ops to benchmark")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--min-run-time", type=float, default=None, help="seconds of timing per measurement")
     p.add_argument("--out", default=None, help="write results.csv and results.json into this folder")
@@ -215,14 +249,17 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     layout = args.layout or ("channels_last" if device.type == "cuda" else "nchw")
     batches = args.batch or ([8] if args.quick else [32, 64])
-    tails = RESNET50_TAILS[::2] if args.quick else RESNET50_TAILS
+    tails = {
+        "add_relu": RESNET50_TAILS[::2] if args.quick else RESNET50_TAILS,
+        "branch_concat": INCEPTION_V3_TAILS[:2] if args.quick else INCEPTION_V3_TAILS,
+    }
     min_run_time = args.min_run_time or (0.05 if args.quick else 0.3)
 
     env = environment(device)
     print(f"pyfastblocks-bench on {env['device']} ({device}), torch {env['torch']}, CUDA {env['cuda']}, {env['date']}")
     print(f"build: {env['pyfastblocks']}")
     copy_gbs = copy_bandwidth_gbs(device, min_run_time)
-    cases = add_relu_cases(device, dtype, layout, batches, tails)
+    cases = [c for op in args.ops for c in OP_CASES[op](device, dtype, layout, batches, tails[op])]
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover

@@ -2,15 +2,15 @@
 
 Schemas are in csrc/fastblocks.cpp; CPU kernels in csrc/cpu/, CUDA kernels in csrc/cuda/.
 """
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from . import _extension  # noqa: F401  (registers the ops)
-from ._layout import accumulation_dtype, empty_in_order, preferred_channel_order
+from ._layout import accumulation_dtype, empty_in_order, inputs_channel_order, preferred_channel_order
 
-__all__ = ["add_relu"]
+__all__ = ["add_relu", "branch_concat"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -87,3 +87,90 @@ def _add_relu_backward(ctx, grad):
 
 
 torch.library.register_autograd("fastblocks::add_relu", _add_relu_backward, setup_context=_add_relu_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------------
+# branch_concat
+
+
+def branch_concat(
+    inputs: Sequence[Tensor], scale: Optional[Tensor] = None, bias: Optional[Tensor] = None, relu: bool = True
+) -> Tensor:
+    """``act(torch.cat(inputs, 1) * scale[c] + bias[c])`` in one pass (one kernel launch on CUDA).
+
+    The tail of an Inception module: each branch's folded BatchNorm laid end to end in ``scale``/``bias``
+    (``[sum C_i]``, in the inputs' dtype or float32), ReLU (``relu=True``), then the concat; every input is
+    written straight into its channel range of the output. Inputs (1 to 16) agree in every dim but 1, in dtype
+    and device; the output takes the memory format of the first input with more than one channel (others are
+    converted). Gradients: one per input, plus per-channel ones for scale and bias.
+    """
+    inputs = list(inputs)
+    if not inputs:  # the dispatcher cannot route an op with no tensor at all: say it here
+        raise RuntimeError("fastblocks::branch_concat: argument 'inputs' must hold at least one tensor")
+    return torch.ops.fastblocks.branch_concat.default(inputs, scale, bias, relu)
+
+
+def _with_channels(shape, channels):
+    sizes = list(shape)
+    sizes[1] = channels
+    return sizes
+
+
+@torch.library.register_fake("fastblocks::branch_concat")
+def _branch_concat_fake(inputs, scale=None, bias=None, relu=True):
+    torch._check(len(inputs) >= 1, lambda: "fastblocks::branch_concat: argument 'inputs' must hold at least one tensor")
+    x0 = inputs[0]
+    for i, t in enumerate(inputs[1:], 1):
+        torch._check(t.dim() == x0.dim(), lambda i=i: f"fastblocks::branch_concat: argument 'inputs[{i}]' has another rank")
+        torch._check(t.dtype == x0.dtype, lambda i=i: f"fastblocks::branch_concat: argument 'inputs[{i}]' has another dtype")
+    channels = sum(t.shape[1] for t in inputs)
+    for name, p in (("scale", scale), ("bias", bias)):
+        if p is not None:
+            torch._check(
+                p.dim() == 1 and p.shape[0] == channels,
+                lambda name=name: f"fastblocks::branch_concat: argument '{name}' must be [sum of the inputs' channels]",
+            )
+    return empty_in_order(_with_channels(x0.shape, channels), x0, inputs_channel_order(inputs))
+
+
+@torch.library.register_fake("fastblocks::branch_concat_backward")
+def _branch_concat_backward_fake(grad_out, out, channels, inputs, scale, relu, compute_param_grads):
+    order = preferred_channel_order(out)
+    grads = [empty_in_order(_with_channels(out.shape, c), out, order) for c in channels]
+    acc = accumulation_dtype(out.dtype)
+    total = out.shape[1]
+    grad_scale = out.new_empty(total if (compute_param_grads and len(inputs) > 0) else 0, dtype=acc)
+    grad_bias = out.new_empty(total if compute_param_grads else 0, dtype=acc)
+    return grads, grad_scale, grad_bias
+
+
+def _branch_concat_setup_context(ctx, inputs, output):
+    tensors, scale, bias, relu = inputs
+    # The inputs are kept only when the gradient of scale needs them (sum(g * x)).
+    keep_x = scale is not None and scale.requires_grad
+    ctx.channels = [t.shape[1] for t in tensors]
+    ctx.save_for_backward(output, scale, *(tensors if keep_x else ()))
+    ctx.need_scale_grad = keep_x
+    ctx.need_bias_grad = bias is not None and bias.requires_grad
+    ctx.scale_dtype = scale.dtype if scale is not None else None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.relu = relu
+
+
+def _branch_concat_backward(ctx, grad):
+    out, scale, *xs = ctx.saved_tensors
+    need_scale, need_bias = ctx.need_scale_grad, ctx.need_bias_grad
+    grads, grad_scale, grad_bias = torch.ops.fastblocks.branch_concat_backward.default(
+        grad, out, ctx.channels, xs, scale, ctx.relu, need_scale or need_bias
+    )
+    return (
+        list(grads),
+        grad_scale.to(ctx.scale_dtype) if need_scale else None,
+        grad_bias.to(ctx.bias_dtype) if need_bias else None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "fastblocks::branch_concat", _branch_concat_backward, setup_context=_branch_concat_setup_context
+)

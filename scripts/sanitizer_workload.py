@@ -3,6 +3,7 @@ import torch
 
 from pyfastblocks import ops
 
+
 torch.manual_seed(0)
 for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     for shape in [(2, 8, 5, 7), (3, 5, 3, 3), (2, 64, 4, 4), (5, 3), (1, 1, 1, 1)]:
@@ -22,5 +23,15 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             # a view starting one element in: the scalar (unaligned) path
             flat = torch.randn(x.numel() + 1, device="cuda", dtype=dtype)[1:].view(shape)
             ops.add_relu(flat, flat, s.detach(), b.detach())
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        for channels in ([3, 5, 7], [8, 16, 8], [64, 0, 32]):
+            xs = [torch.randn(2, c, 5, 6, device="cuda", dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+                  for c in channels]
+            pdt = torch.float64 if dtype == torch.float64 else torch.float32
+            s = (torch.rand(sum(channels), device="cuda", dtype=pdt) + 0.5).requires_grad_()
+            b = torch.randn(sum(channels), device="cuda", dtype=pdt).requires_grad_()
+            for args in [(s, b), (None, None), (s, None), (None, b)]:
+                for relu in (True, False):
+                    ops.branch_concat(xs, *args, relu=relu).sum().backward()
 torch.cuda.synchronize()
 print("sanitizer workload done")

@@ -280,6 +280,12 @@ def test_portable_cpu_kernels_match_reference():
         "    assert (y.double() - ref).abs().max() <= 0.02 * (1 + ref.abs().max()), dt\n"
         "    y.float().sum().backward()\n"
         "    assert (b.grad.double() - (ref > 0).double().sum((0, 2, 3))).abs().max() < 1e-3\n"
+        "    xs = [torch.randn(3, c, 5, 7).to(dt).contiguous(memory_format=fmt).requires_grad_() for c in (5, 8)]\n"
+        "    cat = ops.branch_concat(xs, s, b)\n"
+        "    ref = torch.relu(torch.cat(xs, 1).double() * s.double().view(1,-1,1,1) + b.double().view(1,-1,1,1))\n"
+        "    assert (cat.double() - ref).abs().max() <= 0.02 * (1 + ref.abs().max()), dt\n"
+        "    cat.float().sum().backward()\n"
+        "    assert (xs[1].grad.double() - (ref[:, 5:] > 0).double() * s[5:].double().view(1,-1,1,1)).abs().max() < 1e-2\n"
         "print('ok')\n"
     )
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")

@@ -88,9 +88,17 @@ AddReluBackwardPlan plan_add_relu_backward(const at::Tensor& grad_out, const at:
   auto& a = plan.args;
   a.grad_out = plan.grad_out.const_data_ptr();
   a.out = plan.out.const_data_ptr();
-  a.x = want_grad_scale ? plan.x.const_data_ptr() : nullptr;
   a.scale = plan.scale.defined() ? plan.scale.const_data_ptr() : nullptr;
-  a.grad_x = plan.scale.defined() ? plan.grad_x.mutable_data_ptr() : nullptr;
+  if (want_grad_scale) {
+    a.x.count = 1;
+    a.x.data[0] = const_cast<void*>(plan.x.const_data_ptr());
+    a.x.channel_begin[1] = channels;
+  }
+  if (plan.scale.defined()) {
+    a.grad_x.count = 1;
+    a.grad_x.data[0] = plan.grad_x.mutable_data_ptr();
+    a.grad_x.channel_begin[1] = channels;
+  }
   a.grad_residual = plan.grad_residual.mutable_data_ptr();
   a.grad_scale = want_grad_scale ? plan.grad_scale.mutable_data_ptr() : nullptr;
   a.grad_bias = compute_param_grads ? plan.grad_bias.mutable_data_ptr() : nullptr;

@@ -6,7 +6,7 @@
 
 #include <optional>
 
-#include "common/add_relu_args.h"
+#include "common/epilogue_args.h"
 
 namespace fastblocks {
 
@@ -19,7 +19,7 @@ struct AddReluForwardPlan {
 struct AddReluBackwardPlan {
   at::Tensor grad_x, grad_residual, grad_scale, grad_bias;  // outputs
   at::Tensor grad_out, out, x, scale;                        // as the kernel reads them
-  AddReluBackwardArgs args;
+  EpilogueBackwardArgs args;
 };
 
 AddReluForwardPlan plan_add_relu_forward(const at::Tensor& x, const at::Tensor& residual,

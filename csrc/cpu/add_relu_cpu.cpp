@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_relu_backward_cpu
     const std::optional<at::Tensor>& scale, bool relu, bool compute_param_grads) {
   auto plan = plan_add_relu_backward(grad_out, out, x, scale, relu, compute_param_grads);
   if (plan.out.numel() > 0) {
-    FASTBLOCKS_CPU_KERNEL(add_relu_backward, plan.args);
+    FASTBLOCKS_CPU_KERNEL(epilogue_backward, plan.args);
   }
   return {plan.grad_x, plan.grad_residual, plan.grad_scale, plan.grad_bias};
 }

@@ -1,13 +1,14 @@
 // CPU kernels, each built twice: portable (namespace DEFAULT) and for AVX2+FMA (namespace AVX2).
 #pragma once
 
-#include "common/add_relu_args.h"
+#include "common/epilogue_args.h"
 
 namespace fastblocks::cpu {
 
-#define FASTBLOCKS_DECLARE_CPU_KERNELS                         \
-  void add_relu_forward(const AddReluForwardArgs& args);       \
-  void add_relu_backward(const AddReluBackwardArgs& args);
+#define FASTBLOCKS_DECLARE_CPU_KERNELS                           \
+  void add_relu_forward(const AddReluForwardArgs& args);         \
+  void branch_concat_forward(const BranchConcatForwardArgs& args); \
+  void epilogue_backward(const EpilogueBackwardArgs& args);
 
 namespace DEFAULT {
 FASTBLOCKS_DECLARE_CPU_KERNELS

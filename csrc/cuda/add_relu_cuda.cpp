@@ -9,6 +9,7 @@
 
 #include "common/add_relu_host.h"
 #include "common/checks.h"
+#include "cuda/epilogue_backward.h"
 #include "cuda/launchers.h"
 
 namespace fastblocks {
@@ -37,14 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_relu_backward_cud
   const c10::cuda::CUDAGuard guard(out.device());
   auto plan = plan_add_relu_backward(grad_out, out, x, scale, relu, compute_param_grads);
   if (plan.out.numel() > 0) {
-    const int device = out.get_device();
-    const int64_t partials = cuda::add_relu_backward_partials(plan.args, device);
-    at::Tensor workspace;
-    if (partials > 0) {
-      workspace = at::empty({2 * partials * out.size(1)}, out.options().dtype(accumulation_dtype(out.scalar_type())));
-    }
-    cuda::launch_add_relu_backward(plan.args, partials > 0 ? workspace.mutable_data_ptr() : nullptr, partials,
-                                   device, c10::cuda::getCurrentCUDAStream(device).stream());
+    run_epilogue_backward(plan.args, out, cuda::launch_add_relu_backward_elementwise);
   }
   return {plan.grad_x, plan.grad_residual, plan.grad_scale, plan.grad_bias};
 }

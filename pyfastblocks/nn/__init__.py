@@ -1,6 +1,7 @@
 """Modules built on the fused ops. Their parameters and buffers carry the names of nn.BatchNorm2d / nn.Conv2d,
 so state_dicts load unchanged."""
 from .batchnorm import batchnorm_scale_bias
+from .concat import BranchConcatBNReLU
 from .residual import BNAddReLU
 
-__all__ = ["BNAddReLU", "batchnorm_scale_bias"]
+__all__ = ["BNAddReLU", "BranchConcatBNReLU", "batchnorm_scale_bias"]

@@ -1,0 +1,165 @@
+#include "common/branch_concat_host.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "common/checks.h"
+#include "common/layout.h"
+
+namespace fastblocks {
+
+namespace {
+constexpr const char* kForward = "branch_concat";
+constexpr const char* kBackward = "branch_concat_backward";
+
+std::string input_name(size_t i) { return "inputs[" + std::to_string(i) + "]"; }
+
+// inputs[i] agrees with inputs[0] in dtype, device and every dim but 1.
+void check_inputs(at::TensorList inputs, const char* op) {
+  FASTBLOCKS_CHECK_ARG(!inputs.empty(), op, "inputs", "must hold at least one tensor");
+  FASTBLOCKS_CHECK_ARG(inputs.size() <= static_cast<size_t>(kMaxBranches), op, "inputs", "may hold at most ",
+                       std::to_string(kMaxBranches), " tensors, got ", std::to_string(inputs.size()));
+  const at::Tensor& x0 = inputs[0];
+  FASTBLOCKS_CHECK_ARG(x0.dim() >= 2, op, "inputs[0]", "must have rank >= 2 with channels in dim 1, got shape ",
+                       shape_string(x0.sizes()));
+  check_floating_tensor(x0, op, "inputs[0]");
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    const std::string name = input_name(i);
+    check_same_dtype_device(inputs[i], name.c_str(), x0, "inputs[0]", op);
+    bool same = inputs[i].dim() == x0.dim();
+    for (int64_t d = 0; same && d < x0.dim(); ++d) same = d == 1 || inputs[i].size(d) == x0.size(d);
+    FASTBLOCKS_CHECK_ARG(same, op, name.c_str(), "must match 'inputs[0]' ", shape_string(x0.sizes()),
+                         " in every dim but 1, got ", shape_string(inputs[i].sizes()));
+  }
+}
+
+// The first input with more than one channel decides the memory order (mirrored by pyfastblocks/_layout.py).
+ChannelOrder inputs_order(at::TensorList inputs) {
+  for (const auto& t : inputs) {
+    if (t.size(1) > 1) return preferred_channel_order(t);
+  }
+  return ChannelOrder::kFirst;
+}
+
+std::vector<int64_t> with_channels(at::IntArrayRef sizes, int64_t channels) {
+  std::vector<int64_t> out(sizes.begin(), sizes.end());
+  out[1] = channels;
+  return out;
+}
+}  // namespace
+
+void check_branch_concat_devices(at::TensorList inputs, const std::optional<at::Tensor>& scale,
+                                 const std::optional<at::Tensor>& bias) {
+  FASTBLOCKS_CHECK_ARG(!inputs.empty(), kForward, "inputs", "must hold at least one tensor");
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    check_same_device(inputs[i], input_name(i).c_str(), inputs[0], "inputs[0]", kForward);
+  }
+  if (scale.has_value() && scale->defined()) check_same_device(*scale, "scale", inputs[0], "inputs[0]", kForward);
+  if (bias.has_value() && bias->defined()) check_same_device(*bias, "bias", inputs[0], "inputs[0]", kForward);
+}
+
+BranchConcatForwardPlan plan_branch_concat_forward(at::TensorList inputs, const std::optional<at::Tensor>& scale,
+                                                   const std::optional<at::Tensor>& bias, bool relu) {
+  check_inputs(inputs, kForward);
+  const at::Tensor& x0 = inputs[0];
+  BranchConcatForwardPlan plan;
+  const ChannelOrder order = inputs_order(inputs);
+  auto& a = plan.args;
+  a.inputs.count = static_cast<int>(inputs.size());
+  int64_t channels = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    plan.inputs.push_back(to_order(inputs[i], order));
+    a.inputs.data[i] = const_cast<void*>(plan.inputs.back().const_data_ptr());
+    a.inputs.channel_begin[i] = channels;
+    channels += inputs[i].size(1);
+  }
+  a.inputs.channel_begin[inputs.size()] = channels;
+  plan.scale = channel_param(scale, "scale", x0, channels, kForward);
+  plan.bias = channel_param(bias, "bias", x0, channels, kForward);
+  const auto sizes = with_channels(x0.sizes(), channels);
+  plan.out = empty_in_order(sizes, x0.options(), order);
+  a.out = plan.out.mutable_data_ptr();
+  a.scale = plan.scale.defined() ? plan.scale.const_data_ptr() : nullptr;
+  a.bias = plan.bias.defined() ? plan.bias.const_data_ptr() : nullptr;
+  a.view = make_channel_view(sizes, order);
+  a.dtype = x0.scalar_type();
+  a.relu = relu;
+  return plan;
+}
+
+BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out, const at::Tensor& out,
+                                                     at::IntArrayRef channels, at::TensorList inputs,
+                                                     const std::optional<at::Tensor>& scale, bool relu,
+                                                     bool compute_param_grads) {
+  FASTBLOCKS_CHECK_ARG(out.dim() >= 2, kBackward, "out", "must have rank >= 2 with channels in dim 1, got shape ",
+                       shape_string(out.sizes()));
+  check_floating_tensor(out, kBackward, "out");
+  check_same_dtype_device(grad_out, "grad_out", out, "out", kBackward);
+  FASTBLOCKS_CHECK_ARG(grad_out.sizes() == out.sizes(), kBackward, "grad_out", "must have the shape of 'out' ",
+                       shape_string(out.sizes()), ", got ", shape_string(grad_out.sizes()));
+  FASTBLOCKS_CHECK_ARG(!channels.empty() && channels.size() <= static_cast<size_t>(kMaxBranches), kBackward,
+                       "channels", "must list 1 to ", std::to_string(kMaxBranches), " channel counts, got ",
+                       std::to_string(channels.size()));
+  int64_t total = 0;
+  for (int64_t c : channels) {
+    FASTBLOCKS_CHECK_ARG(c >= 0, kBackward, "channels", "must be non-negative, got ", shape_string(channels));
+    total += c;
+  }
+  FASTBLOCKS_CHECK_ARG(total == out.size(1), kBackward, "channels", "must add up to out.size(1) = ",
+                       std::to_string(out.size(1)), ", got ", shape_string(channels));
+  FASTBLOCKS_CHECK_ARG(inputs.empty() || inputs.size() == channels.size(), kBackward, "inputs",
+                       "must be empty or hold one tensor per branch (", std::to_string(channels.size()), "), got ",
+                       std::to_string(inputs.size()));
+
+  BranchConcatBackwardPlan plan;
+  const int64_t C = out.size(1);
+  plan.scale = channel_param(scale, "scale", out, C, kBackward);
+  const ChannelOrder order = preferred_channel_order(out);
+  plan.out = to_order(out, order);
+  plan.grad_out = to_order(grad_out, order);
+  const bool want_grad_scale = compute_param_grads && !inputs.empty();
+
+  auto& a = plan.args;
+  a.grad_x.count = static_cast<int>(channels.size());
+  int64_t begin = 0;
+  for (size_t i = 0; i < channels.size(); ++i) {
+    const auto sizes = with_channels(out.sizes(), channels[i]);
+    plan.grad_inputs.push_back(empty_in_order(sizes, out.options(), order));
+    a.grad_x.data[i] = plan.grad_inputs.back().mutable_data_ptr();
+    a.grad_x.channel_begin[i] = begin;
+    if (want_grad_scale) {
+      const std::string name = input_name(i);
+      check_same_dtype_device(inputs[i], name.c_str(), out, "out", kBackward);
+      FASTBLOCKS_CHECK_ARG(inputs[i].sizes() == at::IntArrayRef(sizes), kBackward, name.c_str(), "must have shape ",
+                           shape_string(sizes), ", got ", shape_string(inputs[i].sizes()));
+      plan.inputs.push_back(to_order(inputs[i], order));
+      a.x.data[i] = const_cast<void*>(plan.inputs.back().const_data_ptr());
+      a.x.channel_begin[i] = begin;
+    }
+    begin += channels[i];
+  }
+  a.grad_x.channel_begin[channels.size()] = begin;
+  if (want_grad_scale) {
+    a.x.count = a.grad_x.count;
+    a.x.channel_begin[channels.size()] = begin;
+  }
+  const auto acc_options = out.options().dtype(accumulation_dtype(out.scalar_type()));
+  plan.grad_scale = at::empty({want_grad_scale ? C : 0}, acc_options);
+  plan.grad_bias = at::empty({compute_param_grads ? C : 0}, acc_options);
+  a.grad_out = plan.grad_out.const_data_ptr();
+  a.out = plan.out.const_data_ptr();
+  a.scale = plan.scale.defined() ? plan.scale.const_data_ptr() : nullptr;
+  a.grad_scale = want_grad_scale ? plan.grad_scale.mutable_data_ptr() : nullptr;
+  a.grad_bias = compute_param_grads ? plan.grad_bias.mutable_data_ptr() : nullptr;
+  a.view = make_channel_view(out.sizes(), order);
+  a.dtype = out.scalar_type();
+  a.relu = relu;
+  if (out.numel() == 0) {
+    plan.grad_scale.zero_();
+    plan.grad_bias.zero_();
+  }
+  return plan;
+}
+
+}  // namespace fastblocks

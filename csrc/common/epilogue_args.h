@@ -1,0 +1,89 @@
+// Plain-data arguments of the epilogue kernels (CPU and CUDA alike). Every tensor pointer addresses a dense
+// tensor in the one memory order described by `view` (the output's); per-channel arrays (scale, bias,
+// grad_scale, grad_bias) hold view.channels values of the accumulation type (double for double data, else float).
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "common/channel_view.h"
+
+namespace fastblocks {
+
+constexpr int kMaxBranches = 16;
+
+// Tensors holding consecutive channel ranges of one logical [N, C, ...] tensor: branch i holds channels
+// [channel_begin[i], channel_begin[i + 1]), as a dense [N, C_i, ...] tensor in the view's memory order.
+// A plain tensor is one branch; count == 0 means "absent". Inputs are stored through the same (non-const)
+// pointer type and only read.
+struct BranchTable {
+  int count = 0;
+  void* data[kMaxBranches] = {};
+  int64_t channel_begin[kMaxBranches + 1] = {};
+};
+
+// out = act(x * scale[c] + bias[c] + residual), all four tensors in the output's layout.
+struct AddReluForwardArgs {
+  const void* x = nullptr;
+  const void* residual = nullptr;
+  void* out = nullptr;
+  const void* scale = nullptr;  // null: 1
+  const void* bias = nullptr;   // null: 0
+  ChannelView view;
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  bool relu = true;
+};
+
+// out = act(cat(inputs, 1) * scale[c] + bias[c]); view describes out.
+struct BranchConcatForwardArgs {
+  BranchTable inputs;
+  void* out = nullptr;
+  const void* scale = nullptr;  // null: 1
+  const void* bias = nullptr;   // null: 0
+  ChannelView view;
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  bool relu = true;
+};
+
+// The backward of an epilogue y = act(x * scale[c] + bias[c] (+ residual)), from grad_out and the saved
+// output y (its sign is the ReLU mask), with g = act'(grad_out):
+//   grad_residual = g            (output layout; null: not written)
+//   grad_x        = g * scale    (per branch of x; scale null means 1; count 0: not written)
+//   grad_bias[c]  = sum g        (null: not wanted)
+//   grad_scale[c] = sum g * x    (reads x; null: not wanted)
+struct EpilogueBackwardArgs {
+  const void* grad_out = nullptr;
+  const void* out = nullptr;
+  const void* scale = nullptr;
+  BranchTable x;       // read only for grad_scale
+  BranchTable grad_x;  // same branches as x when both are present
+  void* grad_residual = nullptr;
+  void* grad_scale = nullptr;
+  void* grad_bias = nullptr;
+  ChannelView view;
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  bool relu = true;
+
+  bool reduces() const { return grad_scale != nullptr || grad_bias != nullptr; }
+  // The branch layout (of grad_x, else x; one branch over all channels when neither is present).
+  BranchTable layout() const {
+    if (grad_x.count > 0) return grad_x;
+    if (x.count > 0) return x;
+    BranchTable single;
+    single.count = 1;
+    single.channel_begin[1] = view.channels;
+    return single;
+  }
+};
+
+// Branch holding channel c (tables are small: a scan).
+inline int branch_of(const BranchTable& t, int64_t c) {
+  int i = 0;
+  for (int k = 1; k < t.count; ++k) {
+    if (c >= t.channel_begin[k]) i = k;
+  }
+  return i;
+}
+
+}  // namespace fastblocks
