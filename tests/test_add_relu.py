@@ -289,6 +289,8 @@ def test_portable_cpu_kernels_match_reference():
         "print('ok')\n"
     )
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    if env.get("PYTHONPATH"):  # the child runs elsewhere: keep a relative PYTHONPATH (local dev) pointing here
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep))
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tempfile.gettempdir()
     )
