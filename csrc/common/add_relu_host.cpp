@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "common/checks.h"
+#include "common/epilogue_host.h"
 #include "common/layout.h"
 
 namespace fastblocks {
@@ -79,16 +80,12 @@ AddReluBackwardPlan plan_add_relu_backward(const at::Tensor& grad_out, const at:
     plan.x = to_order(*x, order);
   }
 
-  const auto acc_options = out.options().dtype(accumulation_dtype(out.scalar_type()));
   plan.grad_residual = empty_in_order(out.sizes(), out.options(), order);
   plan.grad_x = plan.scale.defined() ? empty_in_order(out.sizes(), out.options(), order) : at::empty({0}, out.options());
-  plan.grad_scale = at::empty({want_grad_scale ? channels : 0}, acc_options);
-  plan.grad_bias = at::empty({compute_param_grads ? channels : 0}, acc_options);
 
   auto& a = plan.args;
-  a.grad_out = plan.grad_out.const_data_ptr();
-  a.out = plan.out.const_data_ptr();
-  a.scale = plan.scale.defined() ? plan.scale.const_data_ptr() : nullptr;
+  finish_epilogue_backward_plan(a, plan.grad_out, plan.out, plan.scale, order, relu, want_grad_scale,
+                                compute_param_grads, plan.grad_scale, plan.grad_bias);
   if (want_grad_scale) {
     a.x.count = 1;
     a.x.data[0] = const_cast<void*>(plan.x.const_data_ptr());
@@ -100,16 +97,6 @@ AddReluBackwardPlan plan_add_relu_backward(const at::Tensor& grad_out, const at:
     a.grad_x.channel_begin[1] = channels;
   }
   a.grad_residual = plan.grad_residual.mutable_data_ptr();
-  a.grad_scale = want_grad_scale ? plan.grad_scale.mutable_data_ptr() : nullptr;
-  a.grad_bias = compute_param_grads ? plan.grad_bias.mutable_data_ptr() : nullptr;
-  a.view = make_channel_view(out.sizes(), order);
-  a.dtype = out.scalar_type();
-  a.relu = relu;
-  if (out.numel() == 0) {
-    // Sums over no elements are zero; the kernels are not run.
-    plan.grad_scale.zero_();
-    plan.grad_bias.zero_();
-  }
   return plan;
 }
 

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/epilogue_host.h"
 #include "common/layout.h"
 
 namespace fastblocks {
@@ -144,21 +145,8 @@ BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out,
     a.x.count = a.grad_x.count;
     a.x.channel_begin[channels.size()] = begin;
   }
-  const auto acc_options = out.options().dtype(accumulation_dtype(out.scalar_type()));
-  plan.grad_scale = at::empty({want_grad_scale ? C : 0}, acc_options);
-  plan.grad_bias = at::empty({compute_param_grads ? C : 0}, acc_options);
-  a.grad_out = plan.grad_out.const_data_ptr();
-  a.out = plan.out.const_data_ptr();
-  a.scale = plan.scale.defined() ? plan.scale.const_data_ptr() : nullptr;
-  a.grad_scale = want_grad_scale ? plan.grad_scale.mutable_data_ptr() : nullptr;
-  a.grad_bias = compute_param_grads ? plan.grad_bias.mutable_data_ptr() : nullptr;
-  a.view = make_channel_view(out.sizes(), order);
-  a.dtype = out.scalar_type();
-  a.relu = relu;
-  if (out.numel() == 0) {
-    plan.grad_scale.zero_();
-    plan.grad_bias.zero_();
-  }
+  finish_epilogue_backward_plan(a, plan.grad_out, plan.out, plan.scale, order, relu, want_grad_scale,
+                                compute_param_grads, plan.grad_scale, plan.grad_bias);
   return plan;
 }
 

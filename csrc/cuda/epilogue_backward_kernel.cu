@@ -14,6 +14,23 @@
 namespace fastblocks::cuda {
 namespace {
 
+// The per-pack math of both layouts: g = act'(grad_out) from the output; grad_residual = g; grad_x = g * s;
+// the sums of g and g * x.
+template <typename T, int VEC, Activation A, bool WRITE_GX, bool HAS_X>
+__device__ __forceinline__ void backward_pack(const Pack<T, VEC>& gv, const Pack<T, VEC>& yv, const Pack<T, VEC>& xv,
+                                              const acc_t<T> (&s)[VEC], Pack<T, VEC>& grv, Pack<T, VEC>& gxv,
+                                              acc_t<T> (&sum_g)[VEC], acc_t<T> (&sum_gx)[VEC]) {
+  using acc = acc_t<T>;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    const acc g = activation_grad<A>(static_cast<acc>(gv.v[e]), static_cast<acc>(yv.v[e]));
+    grv.v[e] = static_cast<T>(g);
+    if constexpr (WRITE_GX) gxv.v[e] = static_cast<T>(g * s[e]);
+    sum_g[e] += g;
+    if constexpr (HAS_X) sum_gx[e] += g * static_cast<acc>(xv.v[e]);
+  }
+}
+
 // Channels-first (run > 1): block (c, p) covers the packs of channel c whose index within the channel is
 // p * blockDim.x + tid, strided by P * blockDim.x, over all N planes. Plane (n, c) of the output is plane
 // (n, c - begin[i]) of branch i.
@@ -37,34 +54,36 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t packs_per_plane = view.run / VEC;
   const int64_t planes = view.numel / (view.run * C);
   const int64_t total = planes * packs_per_plane;
-  const acc s = scale ? scale[c] : acc(1);
-  acc sum_g = 0, sum_gx = 0;
+  acc s[VEC], sum_g[VEC], sum_gx[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    s[e] = scale ? scale[c] : acc(1);
+    sum_g[e] = 0;
+    sum_gx[e] = 0;
+  }
   for (int64_t k = p * blockDim.x + threadIdx.x; k < total; k += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     const int64_t n = k / packs_per_plane;
     const int64_t w = k - n * packs_per_plane;
     const int64_t j = (n * C + c) * packs_per_plane + w;     // in the output
     const int64_t jb = (n * ci + cl) * packs_per_plane + w;  // in branch i
-    const P gv = reinterpret_cast<const P*>(gy)[j];
-    const P yv = reinterpret_cast<const P*>(y)[j];
-    P xv;
+    P xv, grv, gxv;
     if constexpr (HAS_X) xv = xi[jb];
-    P grv, gxv;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      const acc g = activation_grad<A>(static_cast<acc>(gv.v[e]), static_cast<acc>(yv.v[e]));
-      grv.v[e] = static_cast<T>(g);
-      if constexpr (WRITE_GX) gxv.v[e] = static_cast<T>(g * s);
-      sum_g += g;
-      if constexpr (HAS_X) sum_gx += g * static_cast<acc>(xv.v[e]);
-    }
+    backward_pack<T, VEC, A, WRITE_GX, HAS_X>(reinterpret_cast<const P*>(gy)[j], reinterpret_cast<const P*>(y)[j], xv,
+                                              s, grv, gxv, sum_g, sum_gx);
     if (gr != nullptr) reinterpret_cast<P*>(gr)[j] = grv;
     if constexpr (WRITE_GX) gxi[jb] = gxv;
   }
-  sum_g = block_sum(sum_g, scratch);
-  if (threadIdx.x == 0) partial_g[p * C + c] = sum_g;
+  acc total_g = 0, total_gx = 0;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    total_g += sum_g[e];
+    total_gx += sum_gx[e];
+  }
+  total_g = block_sum(total_g, scratch);
+  if (threadIdx.x == 0) partial_g[p * C + c] = total_g;
   if constexpr (HAS_X) {
-    sum_gx = block_sum(sum_gx, scratch);
-    if (threadIdx.x == 0) partial_gx[p * C + c] = sum_gx;
+    total_gx = block_sum(total_gx, scratch);
+    if (threadIdx.x == 0) partial_gx[p * C + c] = total_gx;
   }
 }
 
@@ -104,19 +123,10 @@ __global__ void __launch_bounds__(kThreads)
          row += static_cast<int64_t>(gridDim.y) * blockDim.y) {
       const int64_t j = row * groups + group;                     // in the output
       const int64_t jb = row * branch_groups + group_in_branch;  // in branch i
-      const P gv = reinterpret_cast<const P*>(gy)[j];
-      const P yv = reinterpret_cast<const P*>(y)[j];
-      P xv;
+      P xv, grv, gxv;
       if constexpr (HAS_X) xv = xi[jb];
-      P grv, gxv;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const acc g = activation_grad<A>(static_cast<acc>(gv.v[e]), static_cast<acc>(yv.v[e]));
-        grv.v[e] = static_cast<T>(g);
-        if constexpr (WRITE_GX) gxv.v[e] = static_cast<T>(g * s[e]);
-        sum_g[e] += g;
-        if constexpr (HAS_X) sum_gx[e] += g * static_cast<acc>(xv.v[e]);
-      }
+      backward_pack<T, VEC, A, WRITE_GX, HAS_X>(reinterpret_cast<const P*>(gy)[j], reinterpret_cast<const P*>(y)[j],
+                                                xv, s, grv, gxv, sum_g, sum_gx);
       if (gr != nullptr) reinterpret_cast<P*>(gr)[j] = grv;
       if constexpr (WRITE_GX) gxi[jb] = gxv;
     }
