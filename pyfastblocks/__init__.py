@@ -7,7 +7,7 @@ import torch
 
 from ._extension import _C  # loads the compiled kernels (and says why, if they don't load)
 from . import nn, ops
-from .ops import add_relu, branch_concat
+from .ops import add_relu, affine_relu, branch_concat
 
 __version__ = _C.build_info()["version"]
 
@@ -27,4 +27,4 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["add_relu", "branch_concat", "build_info", "nn", "ops"]
+__all__ = ["add_relu", "affine_relu", "branch_concat", "build_info", "nn", "ops"]

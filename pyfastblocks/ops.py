@@ -10,7 +10,7 @@ from torch import Tensor
 from . import _extension  # noqa: F401  (registers the ops)
 from ._layout import accumulation_dtype, empty_in_order, inputs_channel_order, preferred_channel_order
 
-__all__ = ["add_relu", "branch_concat"]
+__all__ = ["add_relu", "affine_relu", "branch_concat"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -108,6 +108,14 @@ def branch_concat(
     if not inputs:  # the dispatcher cannot route an op with no tensor at all: say it here
         raise RuntimeError("fastblocks::branch_concat: argument 'inputs' must hold at least one tensor")
     return torch.ops.fastblocks.branch_concat.default(inputs, scale, bias, relu)
+
+
+def affine_relu(x: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor] = None, relu: bool = True) -> Tensor:
+    """``act(x * scale[c] + bias[c])`` in one pass: a folded BatchNorm and its ReLU after a convolution.
+
+    The one-input case of :func:`branch_concat` (same kernels, same autograd).
+    """
+    return branch_concat([x], scale, bias, relu)
 
 
 def _with_channels(shape, channels):

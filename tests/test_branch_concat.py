@@ -7,7 +7,7 @@ from torch import nn
 from torch.library import opcheck
 
 from pyfastblocks import ops
-from pyfastblocks.nn import BranchConcatBNReLU
+from pyfastblocks.nn import BNReLU, BranchConcatBNReLU
 
 # (channels per branch, spatial): odd counts, 1..8 branches, a zero-channel branch, ranks 2..5.
 CONFIGS = [
@@ -296,3 +296,44 @@ def test_module_bad_input():
         m(torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match="'inputs\\[1\\]'"):
         m(torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The one-input case: affine_relu and BNReLU (conv -> BN -> ReLU tails)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_affine_relu_is_the_one_input_concat(device, dtype, layout):
+    (x,), scale, bias = make_inputs([6], (5, 4), dtype, device, layout, "scale_bias")
+    y = ops.affine_relu(x, scale, bias)
+    assert_close(y, reference([x], scale, bias, True))
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("relu", [True, False])
+def test_bnrelu_matches_batchnorm_relu(device, layout, relu):
+    bn = nn.BatchNorm2d(5).to(device, torch.float64)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    fused = BNReLU(5, relu=relu).to(device, torch.float64)
+    fused.load_state_dict(bn.state_dict())
+    assert list(fused.state_dict()) == list(bn.state_dict())
+    act = torch.relu if relu else (lambda t: t)
+    for train in (True, False):
+        bn.train(train), fused.train(train)
+        x = make_layout(torch.randn(3, 5, 4, 6, dtype=torch.float64, device=device), layout)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_ref, out = act(bn(a)), fused(b)
+        torch.testing.assert_close(out, out_ref)
+        grad = torch.randn_like(out_ref)
+        out_ref.backward(grad)
+        out.backward(grad)
+        torch.testing.assert_close(b.grad, a.grad)
+        torch.testing.assert_close(fused.weight.grad, bn.weight.grad)
+        bn.zero_grad(), fused.zero_grad()
+    for name, buf in bn.named_buffers():
+        torch.testing.assert_close(getattr(fused, name), buf, msg=name)

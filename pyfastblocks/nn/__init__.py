@@ -2,6 +2,6 @@
 so state_dicts load unchanged."""
 from .batchnorm import batchnorm_scale_bias
 from .concat import BranchConcatBNReLU
-from .residual import BNAddReLU
+from .residual import BNAddReLU, BNReLU
 
-__all__ = ["BNAddReLU", "BranchConcatBNReLU", "batchnorm_scale_bias"]
+__all__ = ["BNAddReLU", "BNReLU", "BranchConcatBNReLU", "batchnorm_scale_bias"]

@@ -1,4 +1,5 @@
-"""The tail of a residual block: relu(bn(x) + residual) as one fused pass (fastblocks::add_relu)."""
+"""BatchNorm tails as one fused pass: relu(bn(x) + residual) (fastblocks::add_relu) and relu(bn(x))
+(the one-input fastblocks::branch_concat)."""
 import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -47,4 +48,32 @@ class BNAddReLU(_BatchNorm):
         return super().extra_repr() + f", relu={self.relu}"
 
 
-__all__ = ["BNAddReLU"]
+class BNReLU(_BatchNorm):
+    """``relu(bn(x))`` (``relu=False``: ``bn(x)``) as one fused pass (:func:`pyfastblocks.ops.affine_relu`).
+
+    The tail of every conv -> BN -> ReLU. Parameters, buffers and state_dict keys of
+    ``nn.BatchNorm2d(num_features, eps, momentum)``; eval folds the BatchNorm, training uses batch statistics
+    (running stats updated as BatchNorm does) and still runs the one fused pass.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, relu: bool = True, device=None, dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.relu = relu
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(f"BNReLU: argument 'x' must be 4-D [N, C, H, W], got {input.dim()}-D")
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        self._check_input_dim(x)
+        if x.size(1) != self.num_features:
+            raise ValueError(f"BNReLU: argument 'x' has {x.size(1)} channels, expected {self.num_features}")
+        scale, bias = batchnorm_scale_bias(self, x)
+        return ops.affine_relu(x, scale, bias, relu=self.relu)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", relu={self.relu}"
+
+
+__all__ = ["BNAddReLU", "BNReLU"]
