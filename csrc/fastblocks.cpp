@@ -34,6 +34,18 @@ TORCH_LIBRARY(fastblocks, m) {
       "branch_concat_backward(Tensor grad_out, Tensor out, SymInt[] channels, Tensor[] inputs, Tensor? scale, bool relu,"
       " bool compute_param_grads) -> (Tensor[] grad_inputs, Tensor grad_scale, Tensor grad_bias)",
       tags);
+  // F.conv2d(relu(x) if input_relu else x, weight, bias, stride, padding, dilation, groups=C), then the
+  // activation ("none", "relu", "relu6"); weight [C * m, 1, kh, kw].
+  m.def(
+      "depthwise_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation,"
+      " str activation=\"none\", bool input_relu=False) -> Tensor",
+      tags);
+  // Gradients of x, weight (weight's dtype) and bias (accumulation dtype); each [0] unless output_mask asks.
+  m.def(
+      "depthwise_conv2d_backward(Tensor grad_out, Tensor out, Tensor x, Tensor weight, int[2] stride,"
+      " int[2] padding, int[2] dilation, str activation, bool input_relu, bool[3] output_mask)"
+      " -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)",
+      tags);
 }
 
 namespace {

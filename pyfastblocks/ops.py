@@ -2,7 +2,7 @@
 
 Schemas are in csrc/fastblocks.cpp; CPU kernels in csrc/cpu/, CUDA kernels in csrc/cuda/.
 """
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -10,7 +10,7 @@ from torch import Tensor
 from . import _extension  # noqa: F401  (registers the ops)
 from ._layout import accumulation_dtype, empty_in_order, inputs_channel_order, preferred_channel_order
 
-__all__ = ["add_relu", "affine_relu", "branch_concat"]
+__all__ = ["add_relu", "affine_relu", "branch_concat", "depthwise_conv2d"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -181,4 +181,91 @@ def _branch_concat_backward(ctx, grad):
 
 torch.library.register_autograd(
     "fastblocks::branch_concat", _branch_concat_backward, setup_context=_branch_concat_setup_context
+)
+
+
+# --------------------------------------------------------------------------------------------------------
+# depthwise_conv2d
+
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(value: IntPair, name: str) -> List[int]:
+    if isinstance(value, int):
+        return [value, value]
+    value = [int(v) for v in value]
+    if len(value) != 2:
+        raise ValueError(f"fastblocks::depthwise_conv2d: argument '{name}' must be an int or a pair, got {value}")
+    return value
+
+
+def depthwise_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    activation: str = "none",
+    input_relu: bool = False,
+) -> Tensor:
+    """``act(F.conv2d(relu(x) if input_relu else x, weight, bias, stride, padding, dilation, groups=C))``.
+
+    ``weight`` is ``[C * m, 1, kh, kw]`` (channel multiplier m >= 1), ``bias`` ``[C * m]`` in x's dtype or
+    float32, ``activation`` one of ``"none"``, ``"relu"``, ``"relu6"`` (a folded BatchNorm goes into ``weight``
+    and ``bias``). ``input_relu`` applies a ReLU to the input as it is read (Xception's pre-activation), so the
+    un-activated input stays available to a skip path. The output keeps x's memory format.
+    """
+    return torch.ops.fastblocks.depthwise_conv2d.default(
+        x, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"),
+        activation, input_relu,
+    )
+
+
+def _depthwise_out_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@torch.library.register_fake("fastblocks::depthwise_conv2d")
+def _depthwise_conv2d_fake(x, weight, bias, stride, padding, dilation, activation="none", input_relu=False):
+    torch._check(x.dim() == 4, lambda: "fastblocks::depthwise_conv2d: argument 'x' must be 4-D")
+    torch._check(weight.dim() == 4 and weight.shape[1] == 1, lambda: "fastblocks::depthwise_conv2d: argument 'weight' must be [C * m, 1, kh, kw]")
+    out_h = _depthwise_out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    out_w = _depthwise_out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    sizes = [x.shape[0], weight.shape[0], out_h, out_w]
+    return empty_in_order(sizes, x, preferred_channel_order(x))
+
+
+@torch.library.register_fake("fastblocks::depthwise_conv2d_backward")
+def _depthwise_conv2d_backward_fake(grad_out, out, x, weight, stride, padding, dilation, activation, input_relu,
+                                    output_mask):
+    grad_input = empty_in_order(x.shape, x, preferred_channel_order(x)) if output_mask[0] else x.new_empty(0)
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty(0)
+    grad_bias = x.new_empty(weight.shape[0] if output_mask[2] else 0, dtype=accumulation_dtype(x.dtype))
+    return grad_input, grad_weight, grad_bias
+
+
+def _depthwise_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, activation, input_relu = inputs
+    ctx.save_for_backward(x, weight, output)
+    ctx.conv = (stride, padding, dilation, activation, input_relu)
+    ctx.mask = [x.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad]
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _depthwise_backward(ctx, grad):
+    x, weight, out = ctx.saved_tensors
+    grad_input, grad_weight, grad_bias = torch.ops.fastblocks.depthwise_conv2d_backward.default(
+        grad, out, x, weight, *ctx.conv, ctx.mask
+    )
+    return (
+        grad_input if ctx.mask[0] else None,
+        grad_weight if ctx.mask[1] else None,
+        grad_bias.to(ctx.bias_dtype) if ctx.mask[2] else None,
+        None, None, None, None, None,
+    )
+
+
+torch.library.register_autograd(
+    "fastblocks::depthwise_conv2d", _depthwise_backward, setup_context=_depthwise_setup_context
 )

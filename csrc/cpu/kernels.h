@@ -1,6 +1,7 @@
 // CPU kernels, each built twice: portable (namespace DEFAULT) and for AVX2+FMA (namespace AVX2).
 #pragma once
 
+#include "common/depthwise.h"
 #include "common/epilogue_args.h"
 
 namespace fastblocks::cpu {
@@ -8,7 +9,9 @@ namespace fastblocks::cpu {
 #define FASTBLOCKS_DECLARE_CPU_KERNELS                           \
   void add_relu_forward(const AddReluForwardArgs& args);         \
   void branch_concat_forward(const BranchConcatForwardArgs& args); \
-  void epilogue_backward(const EpilogueBackwardArgs& args);
+  void epilogue_backward(const EpilogueBackwardArgs& args);       \
+  void depthwise_forward(const DepthwiseForwardArgs& args);       \
+  void depthwise_backward(const DepthwiseBackwardArgs& args);
 
 namespace DEFAULT {
 FASTBLOCKS_DECLARE_CPU_KERNELS

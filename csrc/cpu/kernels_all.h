@@ -2,3 +2,4 @@
 #include "cpu/add_relu_kernel.h"
 #include "cpu/branch_concat_kernel.h"
 #include "cpu/epilogue_kernel.h"
+#include "cpu/depthwise_kernel.h"

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/depthwise.h"
 #include "common/epilogue_args.h"
 
 namespace fastblocks::cuda {
@@ -25,6 +26,10 @@ void launch_branch_concat_backward_elementwise(const EpilogueBackwardArgs& args,
 int64_t epilogue_backward_partials(const EpilogueBackwardArgs& args, int device);
 void launch_epilogue_backward_reduce(const EpilogueBackwardArgs& args, void* workspace, int64_t partials, int device,
                                      cudaStream_t stream);
+
+// depthwise_kernel.cu
+void launch_depthwise_forward(const DepthwiseForwardArgs& args, cudaStream_t stream);
+void launch_depthwise_backward(const DepthwiseBackwardArgs& args, cudaStream_t stream);
 
 // build_info.cu: the __CUDA_ARCH_LIST__ the device code was compiled for, e.g. "800,860,900".
 const char* compiled_cuda_archs();

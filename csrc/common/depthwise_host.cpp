@@ -1,0 +1,147 @@
+#include "common/depthwise_host.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "common/checks.h"
+#include "common/layout.h"
+
+namespace fastblocks {
+
+namespace {
+constexpr const char* kForward = "depthwise_conv2d";
+constexpr const char* kBackward = "depthwise_conv2d_backward";
+
+std::string pair_string(at::IntArrayRef v) { return shape_string(v); }
+
+// Checks x, weight and the convolution arguments; returns the geometry (memory order from x).
+DepthwiseGeometry make_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, const char* op) {
+  FASTBLOCKS_CHECK_ARG(x.dim() == 4, op, "x", "must be 4-D [N, C, H, W], got shape ", shape_string(x.sizes()));
+  check_floating_tensor(x, op, "x");
+  FASTBLOCKS_CHECK_ARG(x.size(1) > 0, op, "x", "must have at least one channel, got shape ", shape_string(x.sizes()));
+  check_same_dtype_device(weight, "weight", x, "x", op);
+  const int64_t C = x.size(1);
+  FASTBLOCKS_CHECK_ARG(weight.dim() == 4 && weight.size(1) == 1 && weight.size(0) > 0 && weight.size(0) % C == 0 &&
+                           weight.size(2) > 0 && weight.size(3) > 0,
+                       op, "weight", "must be [C * m, 1, kh, kw] with C = x.size(1) = ", std::to_string(C),
+                       " and m >= 1, got shape ", shape_string(weight.sizes()));
+  FASTBLOCKS_CHECK_ARG(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, op, "stride",
+                       "must be two positive ints, got ", pair_string(stride));
+  FASTBLOCKS_CHECK_ARG(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0, op, "dilation",
+                       "must be two positive ints, got ", pair_string(dilation));
+  FASTBLOCKS_CHECK_ARG(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, op, "padding",
+                       "must be two non-negative ints, got ", pair_string(padding));
+  DepthwiseGeometry g;
+  g.batch = x.size(0);
+  g.channels = C;
+  g.multiplier = weight.size(0) / C;
+  g.in_h = x.size(2);
+  g.in_w = x.size(3);
+  g.kernel_h = weight.size(2);
+  g.kernel_w = weight.size(3);
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.pad_h = padding[0];
+  g.pad_w = padding[1];
+  g.dil_h = dilation[0];
+  g.dil_w = dilation[1];
+  const int64_t span_h = g.in_h + 2 * g.pad_h - g.dil_h * (g.kernel_h - 1) - 1;
+  const int64_t span_w = g.in_w + 2 * g.pad_w - g.dil_w * (g.kernel_w - 1) - 1;
+  FASTBLOCKS_CHECK_ARG(span_h >= 0 && span_w >= 0, op, "x",
+                       "is too small for the kernel: the output size would be <= 0 (input ", shape_string(x.sizes()),
+                       ", kernel ", shape_string(weight.sizes().slice(2)), ", padding ", pair_string(padding),
+                       ", dilation ", pair_string(dilation), ")");
+  g.out_h = span_h / g.stride_h + 1;
+  g.out_w = span_w / g.stride_w + 1;
+  g.channels_last = preferred_channel_order(x) == ChannelOrder::kLast;
+  return g;
+}
+
+ChannelOrder order_of(const DepthwiseGeometry& g) { return g.channels_last ? ChannelOrder::kLast : ChannelOrder::kFirst; }
+}  // namespace
+
+Activation parse_activation(std::string_view name, const char* op) {
+  if (name == "none") return Activation::kNone;
+  if (name == "relu") return Activation::kReLU;
+  if (name == "relu6") return Activation::kReLU6;
+  FASTBLOCKS_CHECK_ARG(false, op, "activation", "must be \"none\", \"relu\" or \"relu6\", got \"", std::string(name),
+                       "\"");
+  return Activation::kNone;
+}
+
+DepthwiseForwardPlan plan_depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
+                                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                            at::IntArrayRef padding, at::IntArrayRef dilation,
+                                            std::string_view activation, bool input_relu) {
+  const Activation act = parse_activation(activation, kForward);
+  const DepthwiseGeometry g = make_geometry(x, weight, stride, padding, dilation, kForward);
+  DepthwiseForwardPlan plan;
+  plan.bias = channel_param(bias, "bias", x, g.out_channels(), kForward);
+  plan.x = to_order(x, order_of(g));
+  plan.weight = weight.contiguous();
+  plan.out = empty_in_order({g.batch, g.out_channels(), g.out_h, g.out_w}, x.options(), order_of(g));
+  auto& a = plan.args;
+  a.x = plan.x.const_data_ptr();
+  a.weight = plan.weight.const_data_ptr();
+  a.bias = plan.bias.defined() ? plan.bias.const_data_ptr() : nullptr;
+  a.out = plan.out.mutable_data_ptr();
+  a.geo = g;
+  a.dtype = x.scalar_type();
+  a.activation = act;
+  a.input_relu = input_relu;
+  return plan;
+}
+
+DepthwiseBackwardPlan plan_depthwise_backward(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x,
+                                              const at::Tensor& weight, at::IntArrayRef stride,
+                                              at::IntArrayRef padding, at::IntArrayRef dilation,
+                                              std::string_view activation, bool input_relu,
+                                              std::array<bool, 3> output_mask) {
+  const Activation act = parse_activation(activation, kBackward);
+  const DepthwiseGeometry g = make_geometry(x, weight, stride, padding, dilation, kBackward);
+  const std::vector<int64_t> out_sizes{g.batch, g.out_channels(), g.out_h, g.out_w};
+  check_same_dtype_device(out, "out", x, "x", kBackward);
+  check_same_dtype_device(grad_out, "grad_out", x, "x", kBackward);
+  FASTBLOCKS_CHECK_ARG(out.sizes() == at::IntArrayRef(out_sizes), kBackward, "out", "must have shape ",
+                       shape_string(out_sizes), ", got ", shape_string(out.sizes()));
+  FASTBLOCKS_CHECK_ARG(grad_out.sizes() == at::IntArrayRef(out_sizes), kBackward, "grad_out", "must have shape ",
+                       shape_string(out_sizes), ", got ", shape_string(grad_out.sizes()));
+  DepthwiseBackwardPlan plan;
+  const ChannelOrder order = order_of(g);
+  plan.x = to_order(x, order);
+  plan.out = to_order(out, order);
+  plan.grad_out = to_order(grad_out, order);
+  plan.weight = weight.contiguous();
+  const auto acc_options = x.options().dtype(accumulation_dtype(x.scalar_type()));
+  plan.grad_input = output_mask[0] ? empty_in_order(x.sizes(), x.options(), order) : at::empty({0}, x.options());
+  plan.grad_weight_acc = at::empty({output_mask[1] ? g.out_channels() * g.taps() : 0}, acc_options);
+  plan.grad_bias = at::empty({output_mask[2] ? g.out_channels() : 0}, acc_options);
+  auto& a = plan.args;
+  a.grad_out = plan.grad_out.const_data_ptr();
+  a.out = plan.out.const_data_ptr();
+  a.x = plan.x.const_data_ptr();
+  a.weight = plan.weight.const_data_ptr();
+  a.grad_input = output_mask[0] ? plan.grad_input.mutable_data_ptr() : nullptr;
+  a.grad_weight = output_mask[1] ? plan.grad_weight_acc.mutable_data_ptr() : nullptr;
+  a.grad_bias = output_mask[2] ? plan.grad_bias.mutable_data_ptr() : nullptr;
+  a.geo = g;
+  a.dtype = x.scalar_type();
+  a.activation = act;
+  a.input_relu = input_relu;
+  if (out.numel() == 0) {  // sums over no outputs are zero; the kernels are not run
+    plan.grad_weight_acc.zero_();
+    plan.grad_bias.zero_();
+    if (output_mask[0]) plan.grad_input.zero_();
+  }
+  return plan;
+}
+
+void finish_depthwise_backward(DepthwiseBackwardPlan& plan) {
+  plan.grad_weight = plan.args.grad_weight != nullptr
+                         ? plan.grad_weight_acc.view(plan.weight.sizes()).to(plan.weight.scalar_type())
+                         : at::empty({0}, plan.weight.options());
+}
+
+}  // namespace fastblocks

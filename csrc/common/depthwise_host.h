@@ -1,0 +1,44 @@
+// Tensor-level work of fastblocks::depthwise_conv2d shared by the CPU and CUDA impls: argument checks, output
+// size and memory order, allocation, the plain-data arguments for the kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <string_view>
+
+#include "common/depthwise.h"
+
+namespace fastblocks {
+
+// "none", "relu" or "relu6".
+Activation parse_activation(std::string_view name, const char* op);
+
+struct DepthwiseForwardPlan {
+  at::Tensor out, x, weight, bias;
+  DepthwiseForwardArgs args;
+};
+
+struct DepthwiseBackwardPlan {
+  at::Tensor grad_input, grad_weight, grad_bias;  // outputs ([0] when not wanted)
+  at::Tensor grad_weight_acc;                     // the kernel's accumulation-dtype weight gradient
+  at::Tensor grad_out, out, x, weight;
+  DepthwiseBackwardArgs args;
+};
+
+DepthwiseForwardPlan plan_depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
+                                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                            at::IntArrayRef padding, at::IntArrayRef dilation,
+                                            std::string_view activation, bool input_relu);
+
+DepthwiseBackwardPlan plan_depthwise_backward(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x,
+                                              const at::Tensor& weight, at::IntArrayRef stride,
+                                              at::IntArrayRef padding, at::IntArrayRef dilation,
+                                              std::string_view activation, bool input_relu,
+                                              std::array<bool, 3> output_mask);
+
+// After the kernels: grad_weight in the weight's dtype and shape.
+void finish_depthwise_backward(DepthwiseBackwardPlan& plan);
+
+}  // namespace fastblocks

@@ -1,0 +1,99 @@
+// CPU kernels of fastblocks::depthwise_conv2d: the generic path (any kernel size, stride, padding, dilation,
+// multiplier, either memory order), parallel over outputs, each value from the shared C10_HOST_DEVICE math in
+// common/depthwise.h (the CUDA kernels call the same functions).
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "common/depthwise.h"
+#include "common/switch.h"
+
+namespace fastblocks::cpu {
+inline namespace CPU_CAPABILITY {
+namespace depthwise_detail {
+
+template <typename T, Activation A, bool INPUT_RELU>
+void forward_typed(const DepthwiseForwardArgs& a) {
+  using acc = acc_t<T>;
+  const DepthwiseGeometry& g = a.geo;
+  const auto* x = static_cast<const T*>(a.x);
+  const auto* w = static_cast<const T*>(a.weight);
+  const auto* bias = static_cast<const acc*>(a.bias);
+  auto* out = static_cast<T*>(a.out);
+  const int64_t oc = g.out_channels();
+  const int64_t numel = g.batch * oc * g.out_h * g.out_w;
+  at::parallel_for(0, numel, std::max<int64_t>(1, 32768 / g.taps()), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const Nchw p = unflatten(i, oc, g.out_h, g.out_w, g.channels_last);
+      const acc sum = depthwise_sum<INPUT_RELU>(x, w, g, p.n, p.c, p.h, p.w);
+      out[i] = static_cast<T>(activate<A>(sum + (bias ? bias[p.c] : acc(0))));
+    }
+  });
+}
+
+template <typename T, Activation A, bool INPUT_RELU>
+void backward_typed(const DepthwiseBackwardArgs& a) {
+  using acc = acc_t<T>;
+  const DepthwiseGeometry& g = a.geo;
+  const auto* gy = static_cast<const T*>(a.grad_out);
+  const auto* y = static_cast<const T*>(a.out);
+  const auto* x = static_cast<const T*>(a.x);
+  const auto* w = static_cast<const T*>(a.weight);
+  if (a.grad_input != nullptr) {
+    auto* gi = static_cast<T*>(a.grad_input);
+    const int64_t numel = g.batch * g.channels * g.in_h * g.in_w;
+    at::parallel_for(0, numel, std::max<int64_t>(1, 32768 / (g.taps() * g.multiplier)), [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const Nchw p = unflatten(i, g.channels, g.in_h, g.in_w, g.channels_last);
+        gi[i] = static_cast<T>(depthwise_input_grad<A, INPUT_RELU>(gy, y, x, w, g, p.n, p.c, p.h, p.w));
+      }
+    });
+  }
+  auto* grad_weight = static_cast<acc*>(a.grad_weight);
+  auto* grad_bias = static_cast<acc*>(a.grad_bias);
+  if (grad_weight == nullptr && grad_bias == nullptr) return;
+  // One task per output channel sums every tap (and the bias) over (n, oh, ow) in a fixed order: deterministic.
+  at::parallel_for(0, g.out_channels(), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t oc = lo; oc < hi; ++oc) {
+      for (int64_t tap = grad_weight ? 0 : g.taps(); tap <= (grad_bias ? g.taps() : g.taps() - 1); ++tap) {
+        acc sum = 0;
+        for (int64_t n = 0; n < g.batch; ++n) {
+          for (int64_t oh = 0; oh < g.out_h; ++oh) {
+            for (int64_t ow = 0; ow < g.out_w; ++ow) {
+              sum += depthwise_param_grad_term<A, INPUT_RELU>(gy, y, x, g, n, oc, tap, oh, ow);
+            }
+          }
+        }
+        if (tap == g.taps()) {
+          grad_bias[oc] = sum;
+        } else {
+          grad_weight[oc * g.taps() + tap] = sum;
+        }
+      }
+    }
+  });
+}
+
+}  // namespace depthwise_detail
+
+void depthwise_forward(const DepthwiseForwardArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "depthwise_forward_cpu", [&] {
+    FASTBLOCKS_ACTIVATION_SWITCH(a.activation, A, [&] {
+      FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] { depthwise_detail::forward_typed<scalar_t, A, INPUT_RELU>(a); });
+    });
+  });
+}
+
+void depthwise_backward(const DepthwiseBackwardArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "depthwise_backward_cpu", [&] {
+    FASTBLOCKS_ACTIVATION_SWITCH(a.activation, A, [&] {
+      FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] { depthwise_detail::backward_typed<scalar_t, A, INPUT_RELU>(a); });
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace fastblocks::cpu

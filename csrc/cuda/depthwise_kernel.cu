@@ -1,0 +1,123 @@
+// CUDA kernels of fastblocks::depthwise_conv2d, the generic path: one thread per output (forward) or per input
+// (input gradient, gathered: no atomics), one block per (output channel, tap) for the weight and bias gradients
+// (deterministic block sums). Every value comes from the C10_HOST_DEVICE math of common/depthwise.h that the
+// CPU kernels share. Tiled fast paths (shared-memory halos, several outputs per thread) are still to come.
+#include "cuda/epilogue.cuh"
+#include "cuda/launchers.h"
+
+#include <algorithm>
+
+#include <c10/cuda/CUDAException.h>
+
+#include "common/depthwise.h"
+#include "common/switch.h"
+
+namespace fastblocks::cuda {
+namespace {
+
+template <typename T, Activation A, bool INPUT_RELU>
+__global__ void __launch_bounds__(kThreads)
+    depthwise_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const acc_t<T>* __restrict__ bias,
+                             T* __restrict__ out, DepthwiseGeometry g) {
+  using acc = acc_t<T>;
+  const int64_t oc = g.out_channels();
+  const int64_t numel = g.batch * oc * g.out_h * g.out_w;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const Nchw p = unflatten(i, oc, g.out_h, g.out_w, g.channels_last);
+    const acc sum = depthwise_sum<INPUT_RELU>(x, w, g, p.n, p.c, p.h, p.w);
+    out[i] = static_cast<T>(activate<A>(sum + (bias ? bias[p.c] : acc(0))));
+  }
+}
+
+template <typename T, Activation A, bool INPUT_RELU>
+__global__ void __launch_bounds__(kThreads)
+    depthwise_input_grad_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
+                                const T* __restrict__ w, T* __restrict__ gi, DepthwiseGeometry g) {
+  const int64_t numel = g.batch * g.channels * g.in_h * g.in_w;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const Nchw p = unflatten(i, g.channels, g.in_h, g.in_w, g.channels_last);
+    gi[i] = static_cast<T>(depthwise_input_grad<A, INPUT_RELU>(gy, y, x, w, g, p.n, p.c, p.h, p.w));
+  }
+}
+
+// Block (oc, tap): sum over (n, oh, ow) of the tap's term; tap == taps() is the bias.
+template <typename T, Activation A, bool INPUT_RELU>
+__global__ void __launch_bounds__(kThreads)
+    depthwise_param_grad_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
+                                acc_t<T>* __restrict__ grad_weight, acc_t<T>* __restrict__ grad_bias,
+                                int64_t first_tap, DepthwiseGeometry g) {
+  using acc = acc_t<T>;
+  __shared__ acc scratch[32];
+  const int64_t oc = blockIdx.x;
+  const int64_t tap = first_tap + blockIdx.y;
+  const int64_t positions = g.batch * g.out_h * g.out_w;
+  acc sum = 0;
+  for (int64_t k = threadIdx.x; k < positions; k += blockDim.x) {
+    const int64_t ow = k % g.out_w;
+    const int64_t rest = k / g.out_w;
+    sum += depthwise_param_grad_term<A, INPUT_RELU>(gy, y, x, g, rest / g.out_h, oc, tap, rest % g.out_h, ow);
+  }
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) {
+    if (tap == g.taps()) {
+      grad_bias[oc] = sum;
+    } else {
+      grad_weight[oc * g.taps() + tap] = sum;
+    }
+  }
+}
+
+unsigned grid_for(int64_t numel) {
+  return static_cast<unsigned>(std::clamp<int64_t>(ceil_div(numel, kThreads), 1, int64_t(1) << 30));
+}
+
+}  // namespace
+
+void launch_depthwise_forward(const DepthwiseForwardArgs& a, cudaStream_t stream) {
+  dispatch_dtype(a.dtype, "fastblocks::depthwise_conv2d", [&](auto zero) {
+    using T = decltype(zero);
+    FASTBLOCKS_ACTIVATION_SWITCH(a.activation, A, [&] {
+      FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] {
+        const DepthwiseGeometry& g = a.geo;
+        depthwise_forward_kernel<T, A, INPUT_RELU>
+            <<<grid_for(g.batch * g.out_channels() * g.out_h * g.out_w), kThreads, 0, stream>>>(
+                static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const acc_t<T>*>(a.bias),
+                static_cast<T*>(a.out), g);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+}
+
+void launch_depthwise_backward(const DepthwiseBackwardArgs& a, cudaStream_t stream) {
+  dispatch_dtype(a.dtype, "fastblocks::depthwise_conv2d_backward", [&](auto zero) {
+    using T = decltype(zero);
+    using acc = acc_t<T>;
+    FASTBLOCKS_ACTIVATION_SWITCH(a.activation, A, [&] {
+      FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] {
+        const DepthwiseGeometry& g = a.geo;
+        const auto* gy = static_cast<const T*>(a.grad_out);
+        const auto* y = static_cast<const T*>(a.out);
+        const auto* x = static_cast<const T*>(a.x);
+        if (a.grad_input != nullptr) {
+          depthwise_input_grad_kernel<T, A, INPUT_RELU>
+              <<<grid_for(g.batch * g.channels * g.in_h * g.in_w), kThreads, 0, stream>>>(
+                  gy, y, x, static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), g);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        if (a.grad_weight != nullptr || a.grad_bias != nullptr) {
+          const int64_t first_tap = a.grad_weight != nullptr ? 0 : g.taps();
+          const int64_t last_tap = a.grad_bias != nullptr ? g.taps() : g.taps() - 1;
+          const dim3 grid(static_cast<unsigned>(g.out_channels()), static_cast<unsigned>(last_tap - first_tap + 1));
+          depthwise_param_grad_kernel<T, A, INPUT_RELU><<<grid, kThreads, 0, stream>>>(
+              gy, y, x, static_cast<acc*>(a.grad_weight), static_cast<acc*>(a.grad_bias), first_tap, g);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    });
+  });
+}
+
+}  // namespace fastblocks::cuda
