@@ -140,12 +140,27 @@ void forward_nhwc(const DepthwiseForwardArgs& a) {
           const int64_t cols = std::min<int64_t>(kCols, g.out_w - ow0);
           Vec sums[kCols];
           for (int64_t j = 0; j < kCols; ++j) sums[j] = b;
+          // Interior blocks (every tap of all kCols columns inside the row) skip the bounds checks.
+          const int64_t first_iw = ow0 * g.stride_w - g.pad_w;
+          const bool interior = cols == kCols && first_iw >= 0 &&
+                                first_iw + (kCols - 1) * g.stride_w + (g.kernel_w - 1) * g.dil_w < g.in_w;
+          const int64_t col_step = g.stride_w * C;
           for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
             const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
             if (ih < 0 || ih >= g.in_h) continue;
             const T* xrow = x + (n * g.in_h + ih) * g.in_w * C + c0;
             for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
               const Vec wv = Vec::loadu(wt.data() + (kh * g.kernel_w + kw) * C + c0, cnt);
+              if (interior) {
+                const T* xp = xrow + (first_iw + kw * g.dil_w) * C;
+#pragma GCC unroll 8
+                for (int64_t j = 0; j < kCols; ++j) {
+                  Vec xv = load_widened(xp + j * col_step, cnt);
+                  if constexpr (INPUT_RELU) xv = ElementMath<Vec>::relu(xv);
+                  sums[j] = at::vec::fmadd(xv, wv, sums[j]);
+                }
+                continue;
+              }
 #pragma GCC unroll 8
               for (int64_t j = 0; j < kCols; ++j) {  // unrolled, so the sums stay in registers
                 const int64_t iw = (ow0 + j) * g.stride_w - g.pad_w + kw * g.dil_w;
