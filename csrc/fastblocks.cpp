@@ -7,9 +7,7 @@
 #include "generated/build_config.h"
 
 #ifdef PYFASTBLOCKS_WITH_CUDA
-namespace fastblocks::cuda {
-const char* compiled_cuda_archs();
-}
+#include "cuda/launchers.h"
 #endif
 
 TORCH_LIBRARY(fastblocks, m) {

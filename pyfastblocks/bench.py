@@ -25,6 +25,7 @@ import pyfastblocks
 from pyfastblocks import ops
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
 # ResNet-50's block outputs (where the residual add+ReLU runs): channels, height/width.
 RESNET50_TAILS = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
@@ -109,7 +110,7 @@ def add_relu_cases(device: torch.device, dtype: torch.dtype, layout: str, batche
             scale = w * torch.rsqrt(rv + eps)
             bias = b - rm * scale
             nbytes = 3 * x.numel() * x.element_size()
-            dname = {v: k for k, v in DTYPES.items()}[dtype]
+            dname = DTYPE_NAMES[dtype]
 
             def eager_bn_add_relu(x=x, r=r, w=w, b=b, rm=rm, rv=rv):
                 # What a torchvision ResNet block runs in eval: out = bn(x); out += identity; relu_(out).
@@ -130,7 +131,7 @@ def add_relu_cases(device: torch.device, dtype: torch.dtype, layout: str, batche
 
 def branch_concat_cases(device: torch.device, dtype: torch.dtype, layout: str, batches: List[int], tails) -> List[Case]:
     cases = []
-    dname = {v: k for k, v in DTYPES.items()}[dtype]
+    dname = DTYPE_NAMES[dtype]
     eps = 1e-3
     for batch in batches:
         for name, channels, hw in tails:

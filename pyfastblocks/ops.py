@@ -14,6 +14,25 @@ __all__ = ["add_relu", "affine_relu", "branch_concat", "depthwise_conv2d"]
 
 
 # --------------------------------------------------------------------------------------------------------
+# The per-channel parameters every epilogue op takes (scale, bias): which gradients autograd wants, and in which
+# dtype to hand them back (the kernels return them in the accumulation dtype).
+
+
+def _save_param_grad_info(ctx, scale: Optional[Tensor], bias: Optional[Tensor]) -> None:
+    ctx.need_scale_grad = scale is not None and scale.requires_grad
+    ctx.need_bias_grad = bias is not None and bias.requires_grad
+    ctx.scale_dtype = scale.dtype if scale is not None else None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _param_grads(ctx, grad_scale: Tensor, grad_bias: Tensor):
+    return (
+        grad_scale.to(ctx.scale_dtype) if ctx.need_scale_grad else None,
+        grad_bias.to(ctx.bias_dtype) if ctx.need_bias_grad else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
 # add_relu
 
 
@@ -62,11 +81,8 @@ def _add_relu_setup_context(ctx, inputs, output):
     # x is kept only when the gradient of scale needs it (sum(g * x)); the ReLU mask comes from the output.
     keep_x = scale is not None and scale.requires_grad
     ctx.save_for_backward(output, x if keep_x else None, scale)
-    ctx.need_scale_grad = keep_x
-    ctx.need_bias_grad = bias is not None and bias.requires_grad
+    _save_param_grad_info(ctx, scale, bias)
     ctx.relu = relu
-    ctx.scale_dtype = scale.dtype if scale is not None else None
-    ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
 def _add_relu_backward(ctx, grad):
@@ -77,13 +93,7 @@ def _add_relu_backward(ctx, grad):
     )
     if scale is None:
         grad_x = grad_residual
-    return (
-        grad_x,
-        grad_residual,
-        grad_scale.to(ctx.scale_dtype) if need_scale else None,
-        grad_bias.to(ctx.bias_dtype) if need_bias else None,
-        None,
-    )
+    return (grad_x, grad_residual, *_param_grads(ctx, grad_scale, grad_bias), None)
 
 
 torch.library.register_autograd("fastblocks::add_relu", _add_relu_backward, setup_context=_add_relu_setup_context)
@@ -158,10 +168,7 @@ def _branch_concat_setup_context(ctx, inputs, output):
     keep_x = scale is not None and scale.requires_grad
     ctx.channels = [t.shape[1] for t in tensors]
     ctx.save_for_backward(output, scale, *(tensors if keep_x else ()))
-    ctx.need_scale_grad = keep_x
-    ctx.need_bias_grad = bias is not None and bias.requires_grad
-    ctx.scale_dtype = scale.dtype if scale is not None else None
-    ctx.bias_dtype = bias.dtype if bias is not None else None
+    _save_param_grad_info(ctx, scale, bias)
     ctx.relu = relu
 
 
@@ -171,12 +178,7 @@ def _branch_concat_backward(ctx, grad):
     grads, grad_scale, grad_bias = torch.ops.fastblocks.branch_concat_backward.default(
         grad, out, ctx.channels, xs, scale, ctx.relu, need_scale or need_bias
     )
-    return (
-        list(grads),
-        grad_scale.to(ctx.scale_dtype) if need_scale else None,
-        grad_bias.to(ctx.bias_dtype) if need_bias else None,
-        None,
-    )
+    return (list(grads), *_param_grads(ctx, grad_scale, grad_bias), None)
 
 
 torch.library.register_autograd(

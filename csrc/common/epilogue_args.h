@@ -4,6 +4,7 @@
 #pragma once
 
 #include <c10/core/ScalarType.h>
+#include <c10/macros/Macros.h>
 
 #include <cstdint>
 
@@ -77,13 +78,22 @@ struct EpilogueBackwardArgs {
   }
 };
 
-// Branch holding channel c (tables are small: a scan).
-inline int branch_of(const BranchTable& t, int64_t c) {
+// The last k < count with begin[k] <= v (begin ascending, begin[0] <= v): which branch holds channel v, or
+// which branch a flat pack index v falls in. Written with a compile-time trip count so device code indexes
+// kernel-parameter arrays with constants.
+template <int N>
+C10_HOST_DEVICE inline int last_at_or_below(const int64_t (&begin)[N], int count, int64_t v) {
   int i = 0;
-  for (int k = 1; k < t.count; ++k) {
-    if (c >= t.channel_begin[k]) i = k;
+#pragma unroll
+  for (int k = 1; k < N; ++k) {
+    if (k < count && v >= begin[k]) i = k;
   }
   return i;
+}
+
+// Branch holding channel c.
+C10_HOST_DEVICE inline int branch_of(const BranchTable& t, int64_t c) {
+  return last_at_or_below(t.channel_begin, t.count, c);
 }
 
 }  // namespace fastblocks

@@ -22,15 +22,6 @@ struct BranchPacks {
   int64_t start[kMaxBranches + 1] = {};
 };
 
-__device__ __forceinline__ int branch_of_pack(const BranchPacks& packs, int count, int64_t t) {
-  int i = 0;
-#pragma unroll
-  for (int k = 1; k < kMaxBranches; ++k) {
-    if (k < count && t >= packs.start[k]) i = k;
-  }
-  return i;
-}
-
 // Output offset of element e of branch i.
 __device__ __forceinline__ int64_t output_offset(const BranchTable& t, int i, int64_t e, const ChannelView& v) {
   const int64_t begin = t.channel_begin[i];
@@ -54,7 +45,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int u = 0; u < kIlp; ++u) {
     const int64_t t = first + u * kThreads;
     if (t < total) {
-      const int i = branch_of_pack(packs, in.count, t);
+      const int i = last_at_or_below(packs.start, in.count, t);
       const int64_t j = t - packs.start[i];
       xv[u] = static_cast<const P*>(in.data[i])[j];
       o[u] = output_offset(in, i, j * VEC, view);
@@ -91,7 +82,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int u = 0; u < kIlp; ++u) {
     const int64_t t = first + u * kThreads;
     if (t < total) {
-      br[u] = branch_of_pack(packs, gx.count, t);
+      br[u] = last_at_or_below(packs.start, gx.count, t);
       j[u] = t - packs.start[br[u]];
       o[u] = output_offset(gx, br[u], j[u] * VEC, view);
       gv[u] = reinterpret_cast<const P*>(gy)[o[u] / VEC];

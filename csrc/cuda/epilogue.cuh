@@ -123,14 +123,4 @@ void dispatch_dtype(c10::ScalarType dtype, const char* name, F&& f) {
   }
 }
 
-// Branch holding channel c (device copy of common/epilogue_args.h's branch_of).
-__device__ __forceinline__ int branch_of_device(const BranchTable& t, int64_t c) {
-  int i = 0;
-#pragma unroll
-  for (int k = 1; k < kMaxBranches; ++k) {
-    if (k < t.count && c >= t.channel_begin[k]) i = k;
-  }
-  return i;
-}
-
 }  // namespace fastblocks::cuda

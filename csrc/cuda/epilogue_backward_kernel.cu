@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t C = view.channels;
   const int64_t c = blockIdx.x;
   const int64_t p = blockIdx.y;
-  const int i = branch_of_device(branches, c);
+  const int i = branch_of(branches, c);
   const int64_t ci = branches.channel_begin[i + 1] - branches.channel_begin[i];
   const int64_t cl = c - branches.channel_begin[i];
   const P* xi = HAS_X ? static_cast<const P*>(x.data[i]) : nullptr;
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreads)
     s[e] = (scale != nullptr && group < groups) ? scale[group * VEC + e] : acc(1);
   }
   if (group < groups) {
-    const int i = branch_of_device(branches, group * VEC);
+    const int i = branch_of(branches, group * VEC);
     const int64_t branch_groups = (branches.channel_begin[i + 1] - branches.channel_begin[i]) / VEC;
     const int64_t group_in_branch = group - branches.channel_begin[i] / VEC;
     const P* xi = HAS_X ? static_cast<const P*>(x.data[i]) : nullptr;
