@@ -44,6 +44,13 @@ TORCH_LIBRARY(fastblocks, m) {
       " int[2] padding, int[2] dilation, str activation, bool input_relu, bool[3] output_mask)"
       " -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)",
       tags);
+  // depthwise_conv2d(x, depthwise_weight, depthwise_bias, ..., depthwise_activation, input_relu), then the 1x1
+  // pointwise conv (+ pointwise_bias) and the activation. Composite (csrc/separable_conv2d.cpp).
+  m.def(
+      "separable_conv2d(Tensor x, Tensor depthwise_weight, Tensor? depthwise_bias, Tensor pointwise_weight,"
+      " Tensor? pointwise_bias, int[2] stride, int[2] padding, int[2] dilation, str depthwise_activation=\"none\","
+      " str activation=\"none\", bool input_relu=False) -> Tensor",
+      tags);
 }
 
 namespace {

@@ -10,7 +10,7 @@ from torch import Tensor
 from . import _extension  # noqa: F401  (registers the ops)
 from ._layout import accumulation_dtype, empty_in_order, inputs_channel_order, preferred_channel_order
 
-__all__ = ["add_relu", "affine_relu", "branch_concat", "depthwise_conv2d"]
+__all__ = ["add_relu", "affine_relu", "branch_concat", "depthwise_conv2d", "separable_conv2d"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -271,3 +271,33 @@ def _depthwise_backward(ctx, grad):
 torch.library.register_autograd(
     "fastblocks::depthwise_conv2d", _depthwise_backward, setup_context=_depthwise_setup_context
 )
+
+
+# --------------------------------------------------------------------------------------------------------
+# separable_conv2d (composite: autograd, fake tensors and compile go through depthwise_conv2d and ATen ops)
+
+
+def separable_conv2d(
+    x: Tensor,
+    depthwise_weight: Tensor,
+    depthwise_bias: Optional[Tensor],
+    pointwise_weight: Tensor,
+    pointwise_bias: Optional[Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    depthwise_activation: str = "none",
+    activation: str = "none",
+    input_relu: bool = False,
+) -> Tensor:
+    """``act(conv1x1(depthwise_conv2d(x, ..., depthwise_activation, input_relu), pointwise_weight, pointwise_bias))``.
+
+    The depthwise step is :func:`depthwise_conv2d` (bias, activation and input ReLU inside its kernel); the
+    pointwise 1x1 convolution ``[C_out, C * m, 1, 1]`` runs as one GEMM with its bias on the channels_last view
+    (ReLU fused into the GEMM where the library has it: ``_addmm_activation``), or as the library's 1x1
+    convolution for NCHW input. Folded BatchNorms go into the weights and biases.
+    """
+    return torch.ops.fastblocks.separable_conv2d.default(
+        x, depthwise_weight, depthwise_bias, pointwise_weight, pointwise_bias, _pair(stride, "stride"),
+        _pair(padding, "padding"), _pair(dilation, "dilation"), depthwise_activation, activation, input_relu,
+    )

@@ -2,6 +2,16 @@
 so state_dicts load unchanged."""
 from .batchnorm import batchnorm_scale_bias
 from .concat import BranchConcatBNReLU
+from .conv import DepthwiseConv2d, SeparableConv2d, conv_bn_act, is_depthwise
 from .residual import BNAddReLU, BNReLU
 
-__all__ = ["BNAddReLU", "BNReLU", "BranchConcatBNReLU", "batchnorm_scale_bias"]
+__all__ = [
+    "BNAddReLU",
+    "BNReLU",
+    "BranchConcatBNReLU",
+    "DepthwiseConv2d",
+    "SeparableConv2d",
+    "batchnorm_scale_bias",
+    "conv_bn_act",
+    "is_depthwise",
+]

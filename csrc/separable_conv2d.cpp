@@ -1,0 +1,82 @@
+// fastblocks::separable_conv2d: the depthwise step (fastblocks::depthwise_conv2d, bias + activation + input ReLU
+// in its kernel) followed by the pointwise 1x1 convolution as one GEMM with its bias (and, for ReLU, the
+// activation: at::_addmm_activation, cuBLASLt's RELU_BIAS epilogue on CUDA) on the channels_last view.
+// Registered as CompositeImplicitAutograd: autograd, fake tensors, torch.compile and export see the depthwise
+// op and ATen ops it is made of, so it needs no backward or fake impl of its own.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/depthwise_host.h"
+
+namespace fastblocks {
+namespace {
+
+constexpr const char* kOp = "fastblocks::separable_conv2d";
+
+at::Tensor depthwise_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                        c10::string_view activation, bool input_relu) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastblocks::depthwise_conv2d", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, c10::string_view, bool)>();
+  return op.call(x, weight, bias, stride, padding, dilation, activation, input_relu);
+}
+
+at::Tensor apply_activation_(at::Tensor y, Activation act) {
+  if (act == Activation::kReLU) return y.relu_();
+  if (act == Activation::kReLU6) return y.clamp_(0, 6);
+  return y;
+}
+
+at::Tensor separable_conv2d(const at::Tensor& x, const at::Tensor& depthwise_weight,
+                            const std::optional<at::Tensor>& depthwise_bias, const at::Tensor& pointwise_weight,
+                            const std::optional<at::Tensor>& pointwise_bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view depthwise_activation,
+                            c10::string_view activation, bool input_relu) {
+  const Activation act = parse_activation(std::string_view(activation.data(), activation.size()), kOp);
+  FASTBLOCKS_CHECK_ARG(pointwise_weight.dim() == 4 && pointwise_weight.size(2) == 1 && pointwise_weight.size(3) == 1,
+                       kOp, "pointwise_weight", "must be [C_out, C_mid, 1, 1], got ",
+                       shape_string(pointwise_weight.sizes()));
+  FASTBLOCKS_CHECK_ARG(pointwise_weight.scalar_type() == x.scalar_type(), kOp, "pointwise_weight",
+                       "must have the dtype of 'x'");
+  FASTBLOCKS_CHECK_ARG(pointwise_weight.device() == x.device(), kOp, "pointwise_weight", "must be on the device of 'x'");
+  const at::Tensor mid = depthwise_op(x, depthwise_weight, depthwise_bias, stride, padding, dilation,
+                                      depthwise_activation, input_relu);
+  const int64_t c_mid = mid.size(1), c_out = pointwise_weight.size(0);
+  FASTBLOCKS_CHECK_ARG(pointwise_weight.size(1) == c_mid, kOp, "pointwise_weight", "must have ",
+                       std::to_string(c_mid), " input channels (the depthwise output's), got ",
+                       std::to_string(pointwise_weight.size(1)));
+  std::optional<at::Tensor> pw_bias;
+  if (pointwise_bias.has_value() && pointwise_bias->defined()) {
+    FASTBLOCKS_CHECK_ARG(pointwise_bias->dim() == 1 && pointwise_bias->size(0) == c_out, kOp, "pointwise_bias",
+                         "must be [C_out] = [", std::to_string(c_out), "], got ", shape_string(pointwise_bias->sizes()));
+    FASTBLOCKS_CHECK_ARG(pointwise_bias->device() == x.device(), kOp, "pointwise_bias", "must be on the device of 'x'");
+    pw_bias = pointwise_bias->to(x.scalar_type());
+  }
+  if (!mid.is_contiguous(at::MemoryFormat::ChannelsLast) || mid.numel() == 0) {
+    // NCHW: the library's 1x1 convolution (a batched GEMM over [C_mid, H*W] planes).
+    return apply_activation_(at::conv2d(mid, pointwise_weight, pw_bias), act);
+  }
+  // channels_last: [N*H*W, C_mid] x [C_mid, C_out] as one GEMM; the result viewed back is channels_last.
+  const int64_t n = mid.size(0), h = mid.size(2), w = mid.size(3);
+  const at::Tensor rows = mid.permute({0, 2, 3, 1}).reshape({n * h * w, c_mid});
+  const at::Tensor wt = pointwise_weight.reshape({c_out, c_mid}).t();
+  at::Tensor out;
+  if (pw_bias.has_value() && act == Activation::kReLU) {
+    out = at::_addmm_activation(*pw_bias, rows, wt, 1, 1, /*use_gelu=*/false);
+  } else {
+    out = apply_activation_(pw_bias.has_value() ? at::addmm(*pw_bias, rows, wt) : at::mm(rows, wt), act);
+  }
+  return out.view({n, h, w, c_out}).permute({0, 3, 1, 2});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastblocks, CompositeImplicitAutograd, m) {
+  m.impl("separable_conv2d", &separable_conv2d);
+}
+
+}  // namespace fastblocks

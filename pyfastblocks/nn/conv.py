@@ -1,0 +1,220 @@
+"""Convolution -> BatchNorm -> activation as fused passes, and the depthwise / separable convolution modules.
+
+``conv_bn_act`` is the one function every fused module, model and ``swap()`` calls for a conv + BN + activation:
+it takes the ``nn.Conv2d`` and ``nn.BatchNorm2d`` modules as they are (so state_dicts keep their keys) and picks
+the fused path:
+
+- depthwise conv (``groups == in_channels``): ``fastblocks::depthwise_conv2d`` with the BatchNorm folded into its
+  weight/bias in eval and the activation (and Xception's input ReLU) in its epilogue/prologue: one pass;
+- other convs in eval: the BatchNorm folded into the convolution's weight and bias; on CPU the activation runs in
+  oneDNN's convolution epilogue (``mkldnn._convolution_pointwise``, what Inductor uses), elsewhere in place
+  right after the convolution;
+- training: the convolution, then the BatchNorm's batch statistics, then normalize + activation as the one fused
+  pass of ``fastblocks::branch_concat`` (``affine_relu``); running statistics are updated as BatchNorm does.
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .. import ops
+from .._layout import accumulation_dtype
+from .batchnorm import batchnorm_scale_bias
+
+ACTIVATIONS = ("none", "relu", "relu6")
+
+
+def _check_activation(activation: str, where: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{where}: argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def is_depthwise(conv: nn.Module) -> bool:
+    """True for an ``nn.Conv2d`` the depthwise kernel runs: groups == in_channels, out_channels a multiple of
+    it, zero padding given as numbers."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.groups == conv.in_channels
+        and conv.out_channels % conv.in_channels == 0
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
+
+
+def _apply_activation(y: Tensor, activation: str, inplace: bool) -> Tensor:
+    if activation == "relu":
+        return torch.relu_(y) if inplace else torch.relu(y)
+    if activation == "relu6":
+        return F.hardtanh(y, 0.0, 6.0, inplace=inplace)
+    return y
+
+
+def _folded_conv_params(conv: nn.Conv2d, bn: Optional[_BatchNorm], x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    """The convolution's weight (in x's dtype) and bias (float32 for half x) with an eval BatchNorm folded in.
+
+    Cached on the conv while weights, buffers, dtype and device are unchanged and no gradient is needed."""
+    weight, conv_bias = conv.weight, conv.bias
+    if bn is None:
+        bias = conv_bias.to(accumulation_dtype(x.dtype)) if conv_bias is not None else None
+        return weight.to(x.dtype), bias
+    tensors = [weight] + ([conv_bias] if conv_bias is not None else [])
+    cacheable = not torch.compiler.is_compiling() and not (
+        torch.is_grad_enabled() and any(t.requires_grad for t in tensors + list(bn.parameters()))
+    )
+    scale, shift = batchnorm_scale_bias(bn, x)  # eval: folded running statistics (itself cached)
+    if cacheable:
+        key = (x.dtype, x.device, id(scale), id(shift)) + tuple((t.data_ptr(), t._version) for t in tensors)
+        cached = getattr(conv, "_fastblocks_folded", None)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+    acc = scale.dtype
+    folded_weight = (weight.to(acc) * scale.view(-1, 1, 1, 1)).to(x.dtype)
+    folded_bias = shift if conv_bias is None else shift + conv_bias.to(acc) * scale
+    if cacheable:
+        # a plain attribute, not a buffer: the conv's state_dict is unchanged; scale/shift are kept so their ids
+        # stay unique while the entry lives.
+        object.__setattr__(conv, "_fastblocks_folded", (key, folded_weight, folded_bias, scale, shift))
+    return folded_weight, folded_bias
+
+
+def _mkldnn_pointwise_ok(x: Tensor, weight: Tensor) -> bool:
+    # oneDNN's fused conv + bias + activation: CPU inference only (it has no autograd), fp32/bf16.
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+        and not torch.compiler.is_compiling()
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, activation: str = "relu",
+                input_relu: bool = False) -> Tensor:
+    """``act(bn(conv(relu(x) if input_relu else x)))`` with the fused paths described in the module docstring.
+
+    ``conv`` is any ``nn.Conv2d``; ``bn`` an ``nn.BatchNorm2d`` (or ``None``); ``activation`` one of
+    ``"none"``, ``"relu"``, ``"relu6"``. Same result as the eager modules (within float rounding), same
+    running-statistics updates in training."""
+    _check_activation(activation, "conv_bn_act")
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv_bn_act: argument 'conv' must be an nn.Conv2d, got {type(conv).__name__}")
+    if bn is not None and bn.num_features != conv.out_channels:
+        raise ValueError(
+            f"conv_bn_act: argument 'bn' has {bn.num_features} features, conv has {conv.out_channels} outputs"
+        )
+    use_batch_stats = bn is not None and (bn.training or bn.running_mean is None)
+    depthwise = is_depthwise(conv)
+
+    if use_batch_stats:
+        if depthwise:
+            y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                                     "none", input_relu)
+        else:
+            y = conv(torch.relu(x) if input_relu else x)
+        scale, shift = batchnorm_scale_bias(bn, y)
+        y = ops.affine_relu(y, scale, shift, relu=activation == "relu")
+        return _apply_activation(y, "relu6", inplace=False) if activation == "relu6" else y
+
+    weight, bias = _folded_conv_params(conv, bn, x)
+    if depthwise:
+        return ops.depthwise_conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, activation,
+                                    input_relu)
+    if input_relu:
+        x = torch.relu(x)
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        y = conv._conv_forward(x, weight, None if bias is None else bias.to(x.dtype))
+        return _apply_activation(y, activation, inplace=True)
+    if _mkldnn_pointwise_ok(x, weight):
+        attr, scalars = {"none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}[activation]
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, None if bias is None else bias.to(x.dtype), list(conv.padding), list(conv.stride),
+            list(conv.dilation), conv.groups, attr, scalars, None,
+        )
+    y = F.conv2d(x, weight, None if bias is None else bias.to(x.dtype), conv.stride, conv.padding, conv.dilation,
+                 conv.groups)
+    return _apply_activation(y, activation, inplace=True)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise ``nn.Conv2d`` (``groups=in_channels``, ``out_channels = in_channels * multiplier``) run by
+    ``fastblocks::depthwise_conv2d``, with its activation fused in the epilogue and an optional input ReLU
+    (prologue). Parameters are ``nn.Conv2d``'s (``weight [C*m, 1, kh, kw]``, ``bias``), so it loads a depthwise
+    ``nn.Conv2d``'s state_dict unchanged."""
+
+    def __init__(self, in_channels: int, kernel_size, stride=1, padding=0, dilation=1, multiplier: int = 1,
+                 bias: bool = True, activation: str = "none", input_relu: bool = False, device=None,
+                 dtype=None) -> None:
+        if multiplier < 1:
+            raise ValueError(f"DepthwiseConv2d: argument 'multiplier' must be >= 1, got {multiplier}")
+        if isinstance(padding, str):
+            raise ValueError("DepthwiseConv2d: argument 'padding' must be an int or a pair (string padding is not supported)")
+        super().__init__(in_channels, in_channels * multiplier, kernel_size, stride, padding, dilation,
+                         groups=in_channels, bias=bias, device=device, dtype=dtype)
+        self.activation = _check_activation(activation, "DepthwiseConv2d")
+        self.input_relu = input_relu
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, activation: str = "none", input_relu: bool = False) -> "DepthwiseConv2d":
+        """A DepthwiseConv2d sharing ``conv``'s parameters (not copies)."""
+        if not is_depthwise(conv):
+            raise ValueError("DepthwiseConv2d.from_conv: argument 'conv' must be a depthwise nn.Conv2d "
+                             "(groups == in_channels, zero padding given as numbers)")
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
+                     "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+            setattr(m, name, getattr(conv, name))
+        m.weight = conv.weight
+        m.bias = conv.bias
+        m.activation = _check_activation(activation, "DepthwiseConv2d.from_conv")
+        m.input_relu = input_relu
+        return m
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                    self.activation, self.input_relu)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation!r}, input_relu={self.input_relu}"
+
+
+class SeparableConv2d(nn.Module):
+    """(input ReLU) -> depthwise conv -> (BN) -> act -> pointwise 1x1 conv -> (BN) -> act.
+
+    Children: ``depthwise`` (``nn.Conv2d``, groups=in_channels), ``bn_depthwise`` (``nn.BatchNorm2d`` or
+    absent), ``pointwise`` (``nn.Conv2d`` 1x1), ``bn_pointwise``. In eval both BatchNorms are folded and the
+    whole block is one ``fastblocks::separable_conv2d`` (depthwise with its epilogue, then the pointwise GEMM with
+    bias); in training each step uses batch statistics (``conv_bn_act``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=1, dilation=1,
+                 multiplier: int = 1, bias: bool = False, depthwise_bn: bool = True, pointwise_bn: bool = True,
+                 depthwise_activation: str = "none", activation: str = "none", input_relu: bool = False,
+                 eps: float = 1e-5, momentum: float = 0.1, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        mid = in_channels * multiplier
+        self.depthwise = nn.Conv2d(in_channels, mid, kernel_size, stride, padding, dilation, groups=in_channels,
+                                   bias=bias, **kw)
+        self.bn_depthwise = nn.BatchNorm2d(mid, eps, momentum, **kw) if depthwise_bn else None
+        self.pointwise = nn.Conv2d(mid, out_channels, 1, bias=bias, **kw)
+        self.bn_pointwise = nn.BatchNorm2d(out_channels, eps, momentum, **kw) if pointwise_bn else None
+        self.depthwise_activation = _check_activation(depthwise_activation, "SeparableConv2d")
+        self.activation = _check_activation(activation, "SeparableConv2d")
+        self.input_relu = input_relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        bns = [bn for bn in (self.bn_depthwise, self.bn_pointwise) if bn is not None]
+        if any(bn.training or bn.running_mean is None for bn in bns):
+            y = conv_bn_act(x, self.depthwise, self.bn_depthwise, self.depthwise_activation, self.input_relu)
+            return conv_bn_act(y, self.pointwise, self.bn_pointwise, self.activation)
+        dw_weight, dw_bias = _folded_conv_params(self.depthwise, self.bn_depthwise, x)
+        pw_weight, pw_bias = _folded_conv_params(self.pointwise, self.bn_pointwise, x)
+        return ops.separable_conv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, self.depthwise.stride,
+                                    self.depthwise.padding, self.depthwise.dilation, self.depthwise_activation,
+                                    self.activation, self.input_relu)
+
+
+__all__ = ["ACTIVATIONS", "DepthwiseConv2d", "SeparableConv2d", "conv_bn_act", "is_depthwise"]
