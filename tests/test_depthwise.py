@@ -74,6 +74,60 @@ def test_forward_matches_conv2d_float64(device, cfg, layout, activation, input_r
         assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+def _assert_close_scaled(got, ref, rtol):
+    """float32 against a float64 reference: an error bound relative to the reference's largest magnitude (sums
+    of many products: per-element relative error is meaningless where terms cancel)."""
+    scale = max(ref.abs().max().item(), 1.0)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=rtol * scale)
+
+
+# float32 runs the fast paths (padded scratch + vector taps, cpu/depthwise_fast_kernel.h) that float64 does not.
+@pytest.mark.parametrize("input_relu", [False, True])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontiguous"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "k{kernel}s{stride}p{padding}d{dilation}m{multiplier}".format(**c))
+def test_forward_float32_fast_path(device, cfg, layout, activation, input_relu):
+    x, weight, bias = make_inputs(cfg, torch.float32, device, layout, batch=3)
+    y = run(x, weight, bias, cfg, activation, input_relu)
+    _assert_close_scaled(y, reference(x, weight, bias, cfg, activation, input_relu), 1e-5)
+
+
+@pytest.mark.parametrize("input_relu", [False, True])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "k{kernel}s{stride}p{padding}d{dilation}m{multiplier}".format(**c))
+def test_backward_float32_fast_path(device, cfg, activation, input_relu):
+    for layout in ("nchw", "channels_last"):
+        x, weight, bias = make_inputs(cfg, torch.float32, device, layout, batch=3, requires_grad=True, seed=3)
+        y = run(x, weight, bias, cfg, activation, input_relu)
+        grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(4)).to(device)
+        y.backward(grad)
+        refs = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+        reference(*refs, cfg, activation, input_relu).backward(grad.double())
+        for got, ref in zip((x, weight, bias), refs):
+            _assert_close_scaled(got.grad, ref.grad, 1e-5)
+        assert x.grad.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 23, 21), (1, 13, 40, 37)])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_fast_path_wide_rows_and_partial_channel_blocks(device, shape, stride, layout):
+    """Rows longer than one unrolled block (4 vectors) and channel counts that are not multiples of 8."""
+    n, c, h, w = shape
+    cfg = dict(channels=c, multiplier=1, h=h, w=w, kernel=(3, 3), stride=(stride, stride), padding=(1, 1),
+               dilation=(1, 1))
+    x, weight, bias = make_inputs(cfg, torch.float32, device, layout, batch=n, requires_grad=True, seed=5)
+    y = run(x, weight, bias, cfg, "relu6", True)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    ref = reference(*ref_in, cfg, "relu6", True)
+    _assert_close_scaled(y, ref, 1e-5)
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(6)).to(device)
+    y.backward(grad)
+    ref.backward(grad.double())
+    for got, r in zip((x, weight, bias), ref_in):
+        _assert_close_scaled(got.grad, r.grad, 1e-5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_dtypes(device, dtype, layout):
