@@ -4,6 +4,7 @@
 // Registered as CompositeImplicitAutograd: autograd, fake tensors, torch.compile and export see the depthwise
 // op and ATen ops it is made of, so it needs no backward or fake impl of its own.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -37,40 +38,43 @@ at::Tensor separable_conv2d(const at::Tensor& x, const at::Tensor& depthwise_wei
                             at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view depthwise_activation,
                             c10::string_view activation, bool input_relu) {
   const Activation act = parse_activation(std::string_view(activation.data(), activation.size()), kOp);
-  FASTBLOCKS_CHECK_ARG(pointwise_weight.dim() == 4 && pointwise_weight.size(2) == 1 && pointwise_weight.size(3) == 1,
-                       kOp, "pointwise_weight", "must be [C_out, C_mid, 1, 1], got ",
-                       shape_string(pointwise_weight.sizes()));
+  // Sizes are SymInts: the composite also runs on fake tensors with symbolic shapes (torch.compile, export).
+  FASTBLOCKS_CHECK_ARG(pointwise_weight.dim() == 4 && pointwise_weight.sym_size(2) == 1 &&
+                           pointwise_weight.sym_size(3) == 1,
+                       kOp, "pointwise_weight", "must be [C_out, C_mid, 1, 1]");
   FASTBLOCKS_CHECK_ARG(pointwise_weight.scalar_type() == x.scalar_type(), kOp, "pointwise_weight",
                        "must have the dtype of 'x'");
   FASTBLOCKS_CHECK_ARG(pointwise_weight.device() == x.device(), kOp, "pointwise_weight", "must be on the device of 'x'");
   const at::Tensor mid = depthwise_op(x, depthwise_weight, depthwise_bias, stride, padding, dilation,
                                       depthwise_activation, input_relu);
-  const int64_t c_mid = mid.size(1), c_out = pointwise_weight.size(0);
-  FASTBLOCKS_CHECK_ARG(pointwise_weight.size(1) == c_mid, kOp, "pointwise_weight", "must have ",
-                       std::to_string(c_mid), " input channels (the depthwise output's), got ",
-                       std::to_string(pointwise_weight.size(1)));
+  const c10::SymInt c_mid = mid.sym_size(1), c_out = pointwise_weight.sym_size(0);
+  FASTBLOCKS_CHECK_ARG(pointwise_weight.sym_size(1) == c_mid, kOp, "pointwise_weight",
+                       "must have as many input channels as the depthwise step has outputs (C * multiplier)");
   std::optional<at::Tensor> pw_bias;
   if (pointwise_bias.has_value() && pointwise_bias->defined()) {
-    FASTBLOCKS_CHECK_ARG(pointwise_bias->dim() == 1 && pointwise_bias->size(0) == c_out, kOp, "pointwise_bias",
-                         "must be [C_out] = [", std::to_string(c_out), "], got ", shape_string(pointwise_bias->sizes()));
+    FASTBLOCKS_CHECK_ARG(pointwise_bias->dim() == 1 && pointwise_bias->sym_size(0) == c_out, kOp, "pointwise_bias",
+                         "must be [C_out], one value per output channel of 'pointwise_weight'");
     FASTBLOCKS_CHECK_ARG(pointwise_bias->device() == x.device(), kOp, "pointwise_bias", "must be on the device of 'x'");
     pw_bias = pointwise_bias->to(x.scalar_type());
   }
-  if (!mid.is_contiguous(at::MemoryFormat::ChannelsLast) || mid.numel() == 0) {
+  if (!mid.is_contiguous(at::MemoryFormat::ChannelsLast) || mid.is_contiguous()) {
     // NCHW: the library's 1x1 convolution (a batched GEMM over [C_mid, H*W] planes).
     return apply_activation_(at::conv2d(mid, pointwise_weight, pw_bias), act);
   }
   // channels_last: [N*H*W, C_mid] x [C_mid, C_out] as one GEMM; the result viewed back is channels_last.
-  const int64_t n = mid.size(0), h = mid.size(2), w = mid.size(3);
-  const at::Tensor rows = mid.permute({0, 2, 3, 1}).reshape({n * h * w, c_mid});
-  const at::Tensor wt = pointwise_weight.reshape({c_out, c_mid}).t();
+  const c10::SymInt n = mid.sym_size(0), h = mid.sym_size(2), w = mid.sym_size(3);
+  const at::Tensor rows = mid.permute({0, 2, 3, 1}).reshape_symint({n * h * w, c_mid});
+  const at::Tensor wt = pointwise_weight.reshape_symint({c_out, c_mid}).t();
   at::Tensor out;
-  if (pw_bias.has_value() && act == Activation::kReLU) {
+  // _addmm_activation has no derivative: it serves inference only.
+  const bool needs_grad = at::GradMode::is_enabled() &&
+                          (rows.requires_grad() || wt.requires_grad() || (pw_bias.has_value() && pw_bias->requires_grad()));
+  if (pw_bias.has_value() && act == Activation::kReLU && !needs_grad) {
     out = at::_addmm_activation(*pw_bias, rows, wt, 1, 1, /*use_gelu=*/false);
   } else {
     out = apply_activation_(pw_bias.has_value() ? at::addmm(*pw_bias, rows, wt) : at::mm(rows, wt), act);
   }
-  return out.view({n, h, w, c_out}).permute({0, 3, 1, 2});
+  return out.view_symint({n, h, w, c_out}).permute({0, 3, 1, 2});
 }
 
 }  // namespace
