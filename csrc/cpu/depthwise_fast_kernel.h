@@ -403,11 +403,12 @@ inline void block_weights(const T* w, int64_t taps, int64_t c0, int64_t cnt, boo
 }
 
 // Forward NHWC: one task per band of output rows of one image. The band's input rows, all channels, are copied
-// into a zero-padded float scratch of about 128 KB ([rows][cols][C rounded up to kL]); each output row is then
-// computed for every channel block in turn, so input and output are read and written in whole rows.
-template <int KH, int KW, typename Emit>
-inline void correlate_row_nhwc(const float* src, int64_t row_ld, int64_t pix, Taps<KH, KW> taps, int64_t sw,
-                               int64_t dh, int64_t dw, const Vec* w, const Vec& init, int64_t out_w, Emit&& emit) {
+// into a zero-padded float scratch of about 128 KB laid out as [channel block][rows][cols][kL], so a tap's
+// vector for the next output column is a compile-time offset away; each output row is then computed for every
+// channel block in turn, so input and output are read and written in whole rows.
+template <int KH, int KW, int SW, typename Emit>
+inline void correlate_row_nhwc(const float* src, int64_t row_ld, Taps<KH, KW> taps, int64_t sw, int64_t dh,
+                               int64_t dw, const Vec* w, const Vec& init, int64_t out_w, Emit&& emit) {
   constexpr int64_t kU = 4;
   constexpr int kRegs = Taps<KH, KW>::kFixed ? KH * KW : 1;
   Vec wreg[kRegs];
@@ -421,16 +422,16 @@ inline void correlate_row_nhwc(const float* src, int64_t row_ld, int64_t pix, Ta
       return w[t];
     }
   };
-  const int64_t col_step = sw * pix;
+  const int64_t col_step = (SW > 0 ? SW : sw) * kL;
   int64_t ow = 0;
   for (; ow + kU <= out_w; ow += kU) {
     Vec acc[kU];
     for (int64_t u = 0; u < kU; ++u) acc[u] = init;
+    const float* base = src + ow * col_step;
     for (int64_t kh = 0; kh < taps.h(); ++kh) {
-      const float* row = src + kh * dh * row_ld + ow * col_step;
       for (int64_t kw = 0; kw < taps.w(); ++kw) {
         const Vec wt = weight(kh * taps.w() + kw);
-        const float* p = row + kw * dw * pix;
+        const float* p = base + kh * dh * row_ld + kw * dw * kL;
         for (int64_t u = 0; u < kU; ++u) acc[u] = at::vec::fmadd(Vec::loadu(p + u * col_step), wt, acc[u]);
       }
     }
@@ -438,17 +439,17 @@ inline void correlate_row_nhwc(const float* src, int64_t row_ld, int64_t pix, Ta
   }
   for (; ow < out_w; ++ow) {
     Vec acc = init;
+    const float* base = src + ow * col_step;
     for (int64_t kh = 0; kh < taps.h(); ++kh) {
-      const float* row = src + kh * dh * row_ld + ow * col_step;
       for (int64_t kw = 0; kw < taps.w(); ++kw) {
-        acc = at::vec::fmadd(Vec::loadu(row + kw * dw * pix), weight(kh * taps.w() + kw), acc);
+        acc = at::vec::fmadd(Vec::loadu(base + kh * dh * row_ld + kw * dw * kL), weight(kh * taps.w() + kw), acc);
       }
     }
     emit(ow, acc);
   }
 }
 
-template <typename T, int KH, int KW>
+template <typename T, int KH, int KW, int SW>
 void forward_nhwc(const DepthwiseForwardArgs& a) {
   const DepthwiseGeometry& g = a.geo;
   const auto* x = static_cast<const T*>(a.x);
@@ -456,10 +457,10 @@ void forward_nhwc(const DepthwiseForwardArgs& a) {
   auto* out = static_cast<T*>(a.out);
   const Taps<KH, KW> taps{g.kernel_h, g.kernel_w};
   const int64_t C = g.channels, Cp = round_up(C, kL), blocks = Cp / kL, T_ = g.taps();
-  const int64_t cols = g.in_w + 2 * g.pad_w, row_ld = cols * Cp, span_h = (g.kernel_h - 1) * g.dil_h;
-  const int64_t band = std::clamp<int64_t>((32768 / row_ld - span_h) / g.stride_h, 1, g.out_h);
+  const int64_t cols = g.in_w + 2 * g.pad_w, row_ld = cols * kL, span_h = (g.kernel_h - 1) * g.dil_h;
+  const int64_t band = std::clamp<int64_t>((32768 / (cols * Cp) - span_h) / g.stride_h, 1, g.out_h);
   const int64_t bands = ceil_div(g.out_h, band);
-  // Weights as [tap][Cp] and bias as [Cp], float, zero past C.
+  // Weights as [block][tap] vectors and bias as [block] vectors, float, zero past C.
   std::vector<Vec> wv(static_cast<size_t>(T_ * blocks)), bv(static_cast<size_t>(blocks));
   {
     std::vector<float> lanes(static_cast<size_t>(Cp), 0.f);
@@ -476,26 +477,25 @@ void forward_nhwc(const DepthwiseForwardArgs& a) {
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t n = task / bands, oh0 = (task % bands) * band, oh1 = std::min(g.out_h, oh0 + band);
       const int64_t ih0 = oh0 * g.stride_h - g.pad_h, rows = (oh1 - 1 - oh0) * g.stride_h + span_h + 1;
-      xs.assign(static_cast<size_t>(rows * row_ld), 0.f);
+      const int64_t block_ld = rows * row_ld;
+      xs.assign(static_cast<size_t>(blocks * block_ld), 0.f);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t ih = ih0 + r;
         if (ih < 0 || ih >= g.in_h) continue;
         const T* src = x + (n * g.in_h + ih) * g.in_w * C;
-        float* dst = xs.data() + r * row_ld + g.pad_w * Cp;
+        float* dst = xs.data() + r * row_ld + g.pad_w * kL;
         for (int64_t iw = 0; iw < g.in_w; ++iw) {
           const T* s = src + iw * C;
-          float* d = dst + iw * Cp;
+          float* d = dst + iw * kL;
+          int64_t c = 0;
           if constexpr (std::is_same_v<T, float>) {
-            int64_t c = 0;
             for (; c + kL <= C; c += kL) {
               Vec v = Vec::loadu(s + c);
               if (a.input_relu) v = ElementMath<Vec>::relu(v);
-              v.store(d + c);
+              v.store(d + (c / kL) * block_ld);
             }
-            for (; c < C; ++c) d[c] = relu_rt(s[c], a.input_relu);
-          } else {
-            for (int64_t c = 0; c < C; ++c) d[c] = relu_rt(static_cast<float>(s[c]), a.input_relu);
           }
+          for (; c < C; ++c) d[(c / kL) * block_ld + c % kL] = relu_rt(static_cast<float>(s[c]), a.input_relu);
         }
       }
       for (int64_t oh = oh0; oh < oh1; ++oh) {
@@ -503,10 +503,10 @@ void forward_nhwc(const DepthwiseForwardArgs& a) {
         T* orow = out + (n * g.out_h + oh) * g.out_w * C;
         for (int64_t b = 0; b < blocks; ++b) {
           const int64_t c0 = b * kL, cnt = std::min(kL, C - c0);
-          correlate_row_nhwc<KH, KW>(base + c0, row_ld, Cp, taps, g.stride_w, g.dil_h, g.dil_w, wv.data() + b * T_,
-                                     bv[b], g.out_w, [&](int64_t ow, const Vec& acc) {
-                                       store_lanes(orow + ow * C + c0, activate_rt(acc, a.activation), cnt);
-                                     });
+          correlate_row_nhwc<KH, KW, SW>(base + b * block_ld, row_ld, taps, g.stride_w, g.dil_h, g.dil_w,
+                                         wv.data() + b * T_, bv[b], g.out_w, [&](int64_t ow, const Vec& acc) {
+                                           store_lanes(orow + ow * C + c0, activate_rt(acc, a.activation), cnt);
+                                         });
         }
       }
     }
@@ -632,11 +632,13 @@ template <typename T>
 void forward(const DepthwiseForwardArgs& a) {
   with_kernel_size(a.geo.kernel_h, a.geo.kernel_w, [&](auto K) {
     constexpr int k = decltype(K)::value;
-    if (a.geo.channels_last) {
-      forward_nhwc<T, k, k>(a);
-    } else {
-      with_column_stride(a.geo.stride_w, [&](auto S) { forward_nchw<T, k, k, decltype(S)::value>(a); });
-    }
+    with_column_stride(a.geo.stride_w, [&](auto S) {
+      if (a.geo.channels_last) {
+        forward_nhwc<T, k, k, decltype(S)::value>(a);
+      } else {
+        forward_nchw<T, k, k, decltype(S)::value>(a);
+      }
+    });
   });
 }
 
