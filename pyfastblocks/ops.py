@@ -301,3 +301,6 @@ def separable_conv2d(
         x, depthwise_weight, depthwise_bias, pointwise_weight, pointwise_bias, _pair(stride, "stride"),
         _pair(padding, "padding"), _pair(dilation, "dilation"), depthwise_activation, activation, input_relu,
     )
+
+
+from . import _autocast  # noqa: E402,F401
