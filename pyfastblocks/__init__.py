@@ -8,6 +8,7 @@ import torch
 from ._extension import _C  # loads the compiled kernels (and says why, if they don't load)
 from . import nn, ops
 from .ops import add_relu, affine_relu, branch_concat
+from .swap import swap
 
 __version__ = _C.build_info()["version"]
 
