@@ -82,6 +82,27 @@ struct Taps {
   int64_t count() const { return h() * w(); }
 };
 
+// A channel's (or channel block's) tap weights as vectors: held in registers when the kernel size is
+// compile-time, read from memory otherwise.
+template <int KH, int KW>
+struct TapWeights {
+  static constexpr int kRegs = Taps<KH, KW>::kFixed ? KH * KW : 1;
+  Vec regs[kRegs];
+  const Vec* mem;
+  explicit TapWeights(const Vec* w) : mem(w) {
+    if constexpr (Taps<KH, KW>::kFixed) {
+      for (int t = 0; t < kRegs; ++t) regs[t] = w[t];
+    }
+  }
+  Vec operator[](int64_t t) const {
+    if constexpr (Taps<KH, KW>::kFixed) {
+      return regs[t];
+    } else {
+      return mem[t];
+    }
+  }
+};
+
 // Padded float scratch of one NCHW plane: rows [pad_h, pad_h + in_h), columns [pad_w, pad_w + in_w) hold x (or
 // relu(x)); the rest stays zero (zeroed once; later planes overwrite only the interior).
 struct PlaneScratch {
@@ -109,22 +130,11 @@ struct PlaneScratch {
 // kw*dw]). Four vectors at a time keep four independent FMA chains in flight.
 template <int KH, int KW, int SW, typename Emit>
 inline void correlate_plane(const float* src, int64_t ld, Taps<KH, KW> taps, int64_t sh, int64_t sw, int64_t dh,
-                            int64_t dw, const float* w, int64_t out_h, int64_t out_w, Emit&& emit) {
+                            int64_t dw, const Vec* w, int64_t out_h, int64_t out_w, Emit&& emit) {
   constexpr int64_t kU = 4;
   const int64_t stride_w = SW > 0 ? SW : sw;
   const int64_t nvec = ceil_div(out_w, kL);
-  constexpr int kRegs = Taps<KH, KW>::kFixed ? KH * KW : 1;
-  Vec wreg[kRegs];
-  if constexpr (Taps<KH, KW>::kFixed) {
-    for (int t = 0; t < kRegs; ++t) wreg[t] = Vec(w[t]);
-  }
-  auto weight = [&](int64_t t) {
-    if constexpr (Taps<KH, KW>::kFixed) {
-      return wreg[t];
-    } else {
-      return Vec(w[t]);
-    }
-  };
+  const TapWeights<KH, KW> weight(w);
   for (int64_t oh = 0; oh < out_h; ++oh) {
     const float* rows = src + oh * sh * ld;
     int64_t v = 0;
@@ -134,7 +144,7 @@ inline void correlate_plane(const float* src, int64_t ld, Taps<KH, KW> taps, int
       for (int64_t kh = 0; kh < taps.h(); ++kh) {
         const float* row = rows + kh * dh * ld + v * kL * stride_w;
         for (int64_t kw = 0; kw < taps.w(); ++kw) {
-          const Vec wt = weight(kh * taps.w() + kw);
+          const Vec wt = weight[kh * taps.w() + kw];
           const float* p = row + kw * dw;
           for (int64_t u = 0; u < kU; ++u) acc[u] = at::vec::fmadd(load_every<SW>(p + u * kL * stride_w, stride_w), wt, acc[u]);
         }
@@ -146,7 +156,7 @@ inline void correlate_plane(const float* src, int64_t ld, Taps<KH, KW> taps, int
       for (int64_t kh = 0; kh < taps.h(); ++kh) {
         const float* row = rows + kh * dh * ld + v * kL * stride_w;
         for (int64_t kw = 0; kw < taps.w(); ++kw) {
-          acc = at::vec::fmadd(load_every<SW>(row + kw * dw, stride_w), weight(kh * taps.w() + kw), acc);
+          acc = at::vec::fmadd(load_every<SW>(row + kw * dw, stride_w), weight[kh * taps.w() + kw], acc);
         }
       }
       emit(oh, v * kL, acc);
@@ -170,9 +180,6 @@ struct Scatter {
   }
 };
 
-inline void flip_taps(const float* w, int64_t taps, float* flipped) {
-  for (int64_t t = 0; t < taps; ++t) flipped[t] = w[taps - 1 - t];
-}
 
 template <typename T, int KH, int KW, int SW>
 void forward_nchw(const DepthwiseForwardArgs& a) {
@@ -188,13 +195,13 @@ void forward_nchw(const DepthwiseForwardArgs& a) {
   at::parallel_for(0, g.batch * g.channels, std::max<int64_t>(1, 65536 / work), [&](int64_t lo, int64_t hi) {
     PlaneScratch xs;
     xs.init(g.in_h + 2 * g.pad_h, ld);
-    std::vector<float> wf(static_cast<size_t>(g.taps()));
+    std::vector<Vec> wf(static_cast<size_t>(g.taps()));
     for (int64_t plane = lo; plane < hi; ++plane) {
       const int64_t n = plane / g.channels, ic = plane % g.channels;
       xs.fill(x + plane * in_plane, g.in_h, g.in_w, g.pad_h, g.pad_w, a.input_relu);
       for (int64_t j = 0; j < m; ++j) {
         const int64_t oc = ic * m + j;
-        for (int64_t t = 0; t < g.taps(); ++t) wf[t] = static_cast<float>(w[oc * g.taps() + t]);
+        for (int64_t t = 0; t < g.taps(); ++t) wf[t] = Vec(static_cast<float>(w[oc * g.taps() + t]));
         const Vec b(bias ? bias[oc] : 0.f);
         T* op = out + (n * g.out_channels() + oc) * out_plane;
         correlate_plane<KH, KW, SW>(xs.data.data(), ld, taps, g.stride_h, g.stride_w, g.dil_h, g.dil_w, wf.data(),
@@ -231,7 +238,7 @@ void backward_nchw(const DepthwiseBackwardArgs& a) {
     xs.init(g.in_h + 2 * g.pad_h, ld);
     if (grad_input) gs.init(srows, sld);
     std::vector<float> gbuf(static_cast<size_t>(g.out_h * gld), 0.f), gi(grad_input ? in_plane : 0);
-    std::vector<float> wflip(static_cast<size_t>(T_)), wtmp(static_cast<size_t>(T_));
+    std::vector<Vec> wflip(static_cast<size_t>(T_));
     std::vector<Vec> acc_w(static_cast<size_t>(m * T_)), acc_b(static_cast<size_t>(m));
     for (int64_t ic = lo; ic < hi; ++ic) {
       std::fill(acc_w.begin(), acc_w.end(), Vec(0.f));
@@ -275,8 +282,7 @@ void backward_nchw(const DepthwiseBackwardArgs& a) {
                 if (c >= 0 && c < sld) gs.data[r * sld + c] = gbuf[oh * gld + ow];
               }
             }
-            for (int64_t t = 0; t < T_; ++t) wtmp[t] = static_cast<float>(w[oc * T_ + t]);
-            flip_taps(wtmp.data(), T_, wflip.data());
+            for (int64_t t = 0; t < T_; ++t) wflip[t] = Vec(static_cast<float>(w[oc * T_ + T_ - 1 - t]));
             correlate_plane<KH, KW, 1>(gs.data.data(), sld, taps, 1, 1, g.dil_h, g.dil_w, wflip.data(), g.in_h,
                                        g.in_w, [&](int64_t ih, int64_t iw0, const Vec& acc) {
                                          float* p = gi.data() + ih * g.in_w + iw0;
@@ -344,53 +350,6 @@ struct BlockScratch {
   }
 };
 
-// For every output (oh, ow): emit(oh, ow, sum_t w[t] * src[oh*sh + kh*dh][ow*sw + kw*dw]) over kL channels;
-// four columns at a time for independent FMA chains.
-template <int KH, int KW, typename Emit>
-inline void correlate_block(BlockScratch& s, Taps<KH, KW> taps, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
-                            const Vec* w, int64_t out_h, int64_t out_w, Emit&& emit) {
-  constexpr int64_t kU = 4;
-  constexpr int kRegs = Taps<KH, KW>::kFixed ? KH * KW : 1;
-  Vec wreg[kRegs];
-  if constexpr (Taps<KH, KW>::kFixed) {
-    for (int t = 0; t < kRegs; ++t) wreg[t] = w[t];
-  }
-  auto weight = [&](int64_t t) {
-    if constexpr (Taps<KH, KW>::kFixed) {
-      return wreg[t];
-    } else {
-      return w[t];
-    }
-  };
-  const int64_t col_step = sw * kL;
-  for (int64_t oh = 0; oh < out_h; ++oh) {
-    int64_t ow = 0;
-    for (; ow + kU <= out_w; ow += kU) {
-      Vec acc[kU];
-      for (int64_t u = 0; u < kU; ++u) acc[u] = Vec(0.f);
-      for (int64_t kh = 0; kh < taps.h(); ++kh) {
-        const float* row = s.at(oh * sh + kh * dh, ow * sw);
-        for (int64_t kw = 0; kw < taps.w(); ++kw) {
-          const Vec wt = weight(kh * taps.w() + kw);
-          const float* p = row + kw * dw * kL;
-          for (int64_t u = 0; u < kU; ++u) acc[u] = at::vec::fmadd(Vec::loadu(p + u * col_step), wt, acc[u]);
-        }
-      }
-      for (int64_t u = 0; u < kU; ++u) emit(oh, ow + u, acc[u]);
-    }
-    for (; ow < out_w; ++ow) {
-      Vec acc(0.f);
-      for (int64_t kh = 0; kh < taps.h(); ++kh) {
-        const float* row = s.at(oh * sh + kh * dh, ow * sw);
-        for (int64_t kw = 0; kw < taps.w(); ++kw) {
-          acc = at::vec::fmadd(Vec::loadu(row + kw * dw * kL), weight(kh * taps.w() + kw), acc);
-        }
-      }
-      emit(oh, ow, acc);
-    }
-  }
-}
-
 // Weights of channels [c0, c0 + cnt) as one vector per tap (lanes past cnt zero), optionally flipped.
 template <typename T>
 inline void block_weights(const T* w, int64_t taps, int64_t c0, int64_t cnt, bool flip, std::vector<Vec>& out) {
@@ -410,18 +369,7 @@ template <int KH, int KW, int SW, typename Emit>
 inline void correlate_row_nhwc(const float* src, int64_t row_ld, Taps<KH, KW> taps, int64_t sw, int64_t dh,
                                int64_t dw, const Vec* w, const Vec& init, int64_t out_w, Emit&& emit) {
   constexpr int64_t kU = 4;
-  constexpr int kRegs = Taps<KH, KW>::kFixed ? KH * KW : 1;
-  Vec wreg[kRegs];
-  if constexpr (Taps<KH, KW>::kFixed) {
-    for (int t = 0; t < kRegs; ++t) wreg[t] = w[t];
-  }
-  auto weight = [&](int64_t t) {
-    if constexpr (Taps<KH, KW>::kFixed) {
-      return wreg[t];
-    } else {
-      return w[t];
-    }
-  };
+  const TapWeights<KH, KW> weight(w);
   const int64_t col_step = (SW > 0 ? SW : sw) * kL;
   int64_t ow = 0;
   for (; ow + kU <= out_w; ow += kU) {
@@ -430,7 +378,7 @@ inline void correlate_row_nhwc(const float* src, int64_t row_ld, Taps<KH, KW> ta
     const float* base = src + ow * col_step;
     for (int64_t kh = 0; kh < taps.h(); ++kh) {
       for (int64_t kw = 0; kw < taps.w(); ++kw) {
-        const Vec wt = weight(kh * taps.w() + kw);
+        const Vec wt = weight[kh * taps.w() + kw];
         const float* p = base + kh * dh * row_ld + kw * dw * kL;
         for (int64_t u = 0; u < kU; ++u) acc[u] = at::vec::fmadd(Vec::loadu(p + u * col_step), wt, acc[u]);
       }
@@ -442,7 +390,7 @@ inline void correlate_row_nhwc(const float* src, int64_t row_ld, Taps<KH, KW> ta
     const float* base = src + ow * col_step;
     for (int64_t kh = 0; kh < taps.h(); ++kh) {
       for (int64_t kw = 0; kw < taps.w(); ++kw) {
-        acc = at::vec::fmadd(Vec::loadu(base + kh * dh * row_ld + kw * dw * kL), weight(kh * taps.w() + kw), acc);
+        acc = at::vec::fmadd(Vec::loadu(base + kh * dh * row_ld + kw * dw * kL), weight[kh * taps.w() + kw], acc);
       }
     }
     emit(ow, acc);
@@ -577,8 +525,9 @@ void backward_nhwc(const DepthwiseBackwardArgs& a) {
           }
           T* gi = grad_input + n * g.in_h * g.in_w * C + c0;
           const T* xi = img + c0;
-          correlate_block<KH, KW>(gs, taps, 1, 1, g.dil_h, g.dil_w, wflip.data(), g.in_h, g.in_w,
-                                  [&](int64_t ih, int64_t iw, const Vec& acc) {
+          for (int64_t ih = 0; ih < g.in_h; ++ih) {
+            correlate_row_nhwc<KH, KW, 1>(gs.at(ih, 0), gs.cols * kL, taps, 1, g.dil_h, g.dil_w, wflip.data(),
+                                          Vec(0.f), g.in_w, [&](int64_t iw, const Vec& acc) {
                                     const int64_t off = (ih * g.in_w + iw) * C;
                                     if (a.input_relu) {
                                       alignas(64) float lanes[kL];
@@ -590,6 +539,7 @@ void backward_nhwc(const DepthwiseBackwardArgs& a) {
                                       store_lanes(gi + off, acc, cnt);
                                     }
                                   });
+          }
         }
       }
       alignas(64) float lanes[kL];
