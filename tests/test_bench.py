@@ -1,0 +1,183 @@
+"""pyfastblocks-bench on a tiny configuration: its correctness gate, its outputs, its entry points.
+
+No speed is asserted anywhere here. The hidden ``--shapes tiny`` option swaps every shape for a tiny one.
+"""
+import csv
+import json
+import math
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from pyfastblocks import bench, ops
+
+TINY = ["--device", "cpu", "--quick", "--shapes", "tiny", "--batch", "2", "--min-run-time", "0.001"]
+
+
+def _run(tmp_path, *extra):
+    out = tmp_path / "out"
+    rc = bench.main([*TINY, "--out", str(out), *extra])
+    with open(out / "results.json") as f:
+        data = json.load(f)
+    with open(out / "results.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    return rc, out, data, csv_rows
+
+
+def _fake_swap(monkeypatch, swap):
+    module = types.ModuleType("pyfastblocks.swap")
+    module.swap = swap
+    monkeypatch.setitem(sys.modules, "pyfastblocks.swap", module)
+
+
+def test_tiny_run_writes_csv_json_md_and_png(tmp_path):
+    rc, out, data, csv_rows = _run(tmp_path, "--no-compile", "--sections", "kernels")
+    assert rc == 0
+    rows = data["rows"]
+    # add_relu: 2 variants; branch_concat: 1; depthwise_conv2d: 2 layers x 2 variants x (fwd, fwd+bwd).
+    assert [r["op"] for r in rows].count("add_relu") == 2
+    assert [r["op"] for r in rows].count("branch_concat") == 1
+    assert [r["op"] for r in rows].count("depthwise_conv2d") == 8
+    assert {r["mode"] for r in rows if r["op"] == "depthwise_conv2d"} == {"fwd", "fwd+bwd"}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["fused_us"] > 0 and r["eager_us"] > 0 and r["gb_per_s"] > 0
+        assert r["compile_us"] is None  # --no-compile
+    assert len(csv_rows) == len(rows)
+    assert {"op", "variant", "mode", "shape", "status", "fused_us", "speedup_vs_eager", "gb_per_s"} <= set(csv_rows[0])
+    assert all(float(r["fused_us"]) > 0 for r in csv_rows)
+
+    env = data["environment"]
+    for key in ("date", "device", "torch", "cuda", "pyfastblocks"):
+        assert key in env
+    assert env["pyfastblocks"]["version"]
+    assert data["copy_gbs"] > 0 and data["elapsed_s"] > 0
+
+    md = (out / "results.md").read_text()
+    assert "| op | variant | mode |" in md and env["torch"] in md
+    for name in ("speedup_kernels.png", "speedup_models.png", "bandwidth.png"):
+        path = out / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        import matplotlib.image
+
+        assert matplotlib.image.imread(str(path)).ndim == 3
+
+
+def test_gate_trips_on_a_wrong_kernel(tmp_path, monkeypatch, capsys):
+    real = ops.add_relu
+
+    def wrong_add_relu(x, residual, scale=None, bias=None, relu=True):
+        return real(x, residual, scale, bias, relu) + 0.01  # far beyond fp32 tolerance
+
+    monkeypatch.setattr(ops, "add_relu", wrong_add_relu)
+    rc, _, data, csv_rows = _run(tmp_path, "--no-compile", "--sections", "kernels",
+                                 "--ops", "add_relu", "branch_concat")
+    assert rc == 1
+    by_op = {}
+    for r in data["rows"]:
+        by_op.setdefault(r["op"], []).append(r)
+    assert len(by_op["add_relu"]) == 2
+    for r in by_op["add_relu"]:
+        assert r["status"] == "WRONG"
+        assert r["fused_us"] is None and r["speedup_vs_eager"] is None and r["gb_per_s"] is None
+        assert r["max_abs_err"] == pytest.approx(0.01, rel=0.1)
+    assert all(r["status"] == "ok" for r in by_op["branch_concat"])  # the others are still timed
+    assert all(r["fused_us"] == "" for r in csv_rows if r["op"] == "add_relu")
+    assert "WRONG" in capsys.readouterr().out
+
+
+def test_gate_checks_gradients(tmp_path, monkeypatch):
+    real = ops.depthwise_conv2d
+
+    def wrong_backward(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out + (out - out.detach())  # right forward, doubled gradients
+
+    monkeypatch.setattr(ops, "depthwise_conv2d", wrong_backward)
+    rc, _, data, _ = _run(tmp_path, "--no-compile", "--sections", "kernels", "--ops", "depthwise_conv2d")
+    assert rc == 1
+    status = {(r["variant"], r["mode"]): r["status"] for r in data["rows"]}
+    assert len(status) == 8
+    assert all(s == ("ok" if mode == "fwd" else "WRONG") for (_, mode), s in status.items()), status
+
+
+def test_gate_rejects_a_wrong_activation(tmp_path, monkeypatch):
+    real = ops.depthwise_conv2d
+
+    def no_relu(x, weight, bias=None, stride=1, padding=0, dilation=1, activation="none", input_relu=False):
+        return real(x, weight, bias, stride, padding, dilation, "none", input_relu)
+
+    monkeypatch.setattr(ops, "depthwise_conv2d", no_relu)
+    rc, _, data, _ = _run(tmp_path, "--no-compile", "--sections", "kernels", "--ops", "depthwise_conv2d")
+    assert rc == 1
+    for r in data["rows"]:
+        assert r["status"] == ("WRONG" if r["variant"].endswith("bn+relu") else "ok"), r
+
+
+def test_compile_baseline_is_timed_and_its_compile_time_reported(tmp_path):
+    rc, _, data, _ = _run(tmp_path, "--sections", "kernels", "--ops", "branch_concat")  # one small graph
+    assert rc == 0 and len(data["rows"]) == 1
+    for r in data["rows"]:
+        assert r["compile_us"] > 0 and r["speedup_vs_compile"] > 0
+        assert r["compile_s"] > 0
+    assert data["compile_total_s"] == pytest.approx(sum(r["compile_s"] for r in data["rows"]))
+
+
+def test_models_section_times_a_right_swap_and_gates_a_wrong_one(tmp_path, monkeypatch):
+    class WrongInTraining(torch.nn.Module):
+        """Same outputs as the model in eval (so eval is timed), 10% off in training (so train is refused)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            out = self.model(x)
+            return out * 1.1 if self.training else out
+
+    _fake_swap(monkeypatch, lambda model, inplace=False: WrongInTraining(model))
+    rc, out, data, _ = _run(tmp_path, "--no-compile", "--sections", "models", "--models", "resnet18")
+    assert rc == 1
+    rows = {r["mode"]: r for r in data["rows"]}
+    assert set(rows) == {"eval", "train"}
+    ok, wrong = rows["eval"], rows["train"]
+    assert ok["section"] == "models" and ok["variant"] == "resnet18" and ok["status"] == "ok", ok
+    assert ok["fused_images_per_s"] > 0 and ok["eager_images_per_s"] > 0 and ok["speedup_vs_eager"] > 0
+    assert ok["fused_peak_mb"] is None or ok["fused_peak_mb"] >= 0
+    assert wrong["status"] == "WRONG" and wrong["fused_us"] is None and wrong["fused_images_per_s"] is None, wrong
+    md = (out / "results.md").read_text()
+    assert "| family | model | mode |" in md and "WRONG" in md
+
+
+def test_models_section_reports_unavailable_without_swap(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyfastblocks.swap", None)  # import of pyfastblocks.swap raises ImportError
+    rc, _, data, _ = _run(tmp_path, "--no-compile", "--sections", "models")
+    assert rc == 0  # unavailable is not a failure
+    (row,) = data["rows"]
+    assert row["status"] == "unavailable" and "pyfastblocks.swap" in row["note"]
+
+
+def test_markdown_table_bolds_speedups_of_at_least_one():
+    rows = [bench.Row("add_relu", "a", "1x2", "fp32", "nchw", fused_us=1.0, eager_us=2.0, compile_us=0.5,
+                      speedup_vs_eager=2.0, speedup_vs_compile=0.5, gb_per_s=1.0, pct_of_copy=10.0),
+            bench.Row("add_relu", "b", "1x2", "fp32", "nchw", status="WRONG", note="differs")]
+    table = bench.format_table(rows, 10.0)
+    assert "| **2.00** | 0.50 |" in table
+    assert "WRONG: differs" in table
+
+
+def test_check_close_never_passes_nan():
+    a = torch.ones(4)
+    assert bench.check_close(a, a.clone(), torch.float32)[0]
+    assert not bench.check_close(a * math.nan, a, torch.float32)[0]
+    assert not bench.check_close((a, a), (a,), torch.float32)[0]
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "pyfastblocks.bench", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--quick" in proc.stdout and "--out" in proc.stdout
