@@ -38,7 +38,7 @@ fi
 
 step tests
 # -n 4 (pytest-xdist): a crashing test takes down one worker, not the run.
-timeout 300 $PY -m pytest -q -n 4 -rs tests > "$OUT/tests.log" 2>&1
+timeout 270 $PY -m pytest -q -n 4 -rs tests > "$OUT/tests.log" 2>&1
 tail -15 "$OUT/tests.log" | tee -a "$LOG"
 
 if [ "$QUICK" != 1 ]; then
@@ -46,17 +46,23 @@ if [ "$QUICK" != 1 ]; then
   timeout 60 $PY scripts/overhead_add_relu.py 2>&1 | tee -a "$LOG"
 fi
 
-step "benchmark fp16 channels_last"
-timeout 200 $PY -m pyfastblocks.bench --out /tmp/bench_fp16 2>&1 | grep -v "it/s" | tail -30 | tee -a "$LOG"
-step "benchmark fp32 nchw"
-timeout 120 $PY -m pyfastblocks.bench --dtype fp32 --layout nchw --batch 64 --out /tmp/bench_fp32 2>&1 | grep -v "it/s" | tail -20 | tee -a "$LOG"
-for d in bench_fp16 bench_fp32; do
-  [ -f /tmp/$d/results.json ] && cp /tmp/$d/results.json "$OUT/$d.json" && cp /tmp/$d/results.md "$OUT/$d.md"
+step "benchmark kernels (fp16/bf16 channels_last)"
+timeout 150 $PY -m pyfastblocks.bench --sections kernels --out /tmp/bench_kernels 2>&1 | grep -v "it/s" | tail -40 | tee -a "$LOG"
+if [ "$QUICK" != 1 ]; then
+  step "benchmark models (quick: small batch, not compiled)"
+  timeout 120 $PY -m pyfastblocks.bench --quick --sections models --out /tmp/bench_models 2>&1 | grep -v "it/s" | tail -20 | tee -a "$LOG"
+fi
+for d in bench_kernels bench_models; do
+  [ -f /tmp/$d/results.json ] && cp /tmp/$d/results.json "$OUT/$d.json"
+  [ -f /tmp/$d/results.md ] && cp /tmp/$d/results.md "$OUT/$d.md"
 done
 
-step "compute-sanitizer memcheck"
+step "compute-sanitizer memcheck (+ racecheck)"
 if command -v compute-sanitizer > /dev/null; then
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY scripts/sanitizer_workload.py 2>&1 | tail -15 | tee -a "$LOG"
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY scripts/sanitizer_workload.py 2>&1 | tail -15 | tee -a "$LOG"
+  if [ "$QUICK" != 1 ]; then
+    timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 $PY scripts/sanitizer_workload.py 2>&1 | tail -8 | tee -a "$LOG"
+  fi
 fi
 step "nsight compute"
 if [ "$QUICK" != 1 ] && command -v ncu > /dev/null; then
