@@ -8,7 +8,9 @@ Tolerances
 - eval, fp32: ``rtol=1e-5, atol=1e-5 * max|reference output|``. Folding a BatchNorm into the convolution weights
   rounds differently from BatchNorm after the convolution; the per-element error is ~1e-6 of the output's scale, but
   an output element near zero has no relative error bound of its own, so the absolute part is scaled by the output.
-- training: the fused and eager forward + backward are compared in float64, where both are exact up to rounding:
+- training (the fused batch statistics, ``TRAINING_BACKEND`` "fastblocks", which is the CUDA default; the CPU default
+  "eager" is checked in float32): the fused and eager forward + backward are compared in float64, where both are
+  exact up to rounding:
   loss ``rtol=1e-7``, gradients ``rtol=1e-4`` (the issue's bound) with ``atol=1e-6 * max|gradient|`` of the model,
   running statistics ``rtol=atol=1e-7``. In float32 a randomly initialized deep network trained with batch 2 is
   ill-conditioned: eager float32 itself is 1e-3..1e-2 off the float64 gradients (train-mode BatchNorm cancels
@@ -77,14 +79,22 @@ def single_thread():
 
 
 @contextlib.contextmanager
-def depthwise_backend(backend: str):
-    saved = dict(M.DEPTHWISE_BACKEND)
-    M.DEPTHWISE_BACKEND["cpu"] = backend
+def backend(table: dict, value: str):
+    saved = dict(table)
+    table["cpu"] = value
     try:
         yield
     finally:
-        M.DEPTHWISE_BACKEND.clear()
-        M.DEPTHWISE_BACKEND.update(saved)
+        table.clear()
+        table.update(saved)
+
+
+def depthwise_backend(value: str):
+    return backend(M.DEPTHWISE_BACKEND, value)
+
+
+def training_backend(value: str):
+    return backend(M.TRAINING_BACKEND, value)
 
 
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -254,13 +264,25 @@ def test_training_step_matches_reference(name):
     # float64 reference of a depthwise model take up to minutes on a busy 2-core machine.
     with single_thread() if name in DEPTHWISE_MODELS else contextlib.nullcontext():
         expected64 = train_step(copy.deepcopy(ref64), x.double())
-        with depthwise_backend("fastblocks"):
+        with depthwise_backend("fastblocks"), training_backend("fastblocks"):
             _assert_same_step(train_step(pyfastblocks.swap(ref64), x.double()), expected64, *FP64_TOL)
 
     # the pyfastblocks model runs the same fused code on the same weights: the swapped model's step, in float32
     native = _native_train(name, ref32)
     if native is not None:
-        _assert_same_step(train_step(native, x), train_step(pyfastblocks.swap(ref32), x), 0, 0, 0, 0)
+        with training_backend("fastblocks"):
+            _assert_same_step(train_step(native, x), train_step(pyfastblocks.swap(ref32), x), 0, 0, 0, 0)
+
+
+def test_training_step_eager_batchnorm_backend():
+    """TRAINING_BACKEND "eager" (the CPU default): ATen's batch_norm for the statistics, the fused add / ReLU /
+    concat after it: the eager step in float32, up to the order of the additions."""
+    for name in ("tv_resnet18", "tv_mobilenet_v2"):
+        ref = _train_reference(name)
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+        expected = train_step(copy.deepcopy(ref), x)
+        with training_backend("eager"):
+            _assert_same_step(train_step(pyfastblocks.swap(ref), x), expected, 1e-6, 1e-4, 1e-5, 1e-6)
 
 
 def test_training_step_vgg16_fp32():
@@ -278,7 +300,7 @@ def test_inception_aux_head_training():
     ref = reference("tv_inception_v3").double()
     native = M.inception_v3(num_classes=NUM_CLASSES, weights=ref.state_dict()).double()
     x = torch.randn(2, 768, 17, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    with single_thread():
+    with single_thread(), training_backend("fastblocks"):
         expected = train_step(copy.deepcopy(ref.AuxLogits), x)
         for model in (pyfastblocks.swap(ref).AuxLogits, native.AuxLogits):
             _assert_same_step(train_step(model, x), expected, *FP64_TOL)
@@ -290,9 +312,9 @@ def test_inception_native_outputs():
     ref = reference("tv_inception_v3")
     native = M.inception_v3(num_classes=NUM_CLASSES, weights=ref.state_dict())
     assert native.transform_input and ref.transform_input
-    assert not M.inception_v3(num_classes=NUM_CLASSES).transform_input
-    assert M.inception_v3(num_classes=NUM_CLASSES, aux_logits=False).AuxLogits is None
     with torch.device("meta"):
+        assert not M.inception_v3(num_classes=NUM_CLASSES).transform_input
+        assert M.inception_v3(num_classes=NUM_CLASSES, aux_logits=False).AuxLogits is None
         meta = M.inception_v3(num_classes=NUM_CLASSES).train()
         out = meta(torch.empty(2, 3, 299, 299))
     assert isinstance(out, M.InceptionOutputs) and out.aux_logits.shape == out.logits.shape == (2, NUM_CLASSES)

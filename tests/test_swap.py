@@ -2,7 +2,8 @@
 alone and why, the report, inplace, hooks, Sequential plans, pickling.
 
 Single blocks on 8x8-16x16 inputs are well conditioned (128+ values per channel in each BatchNorm), so the training
-step is compared in float32 at the issue's tolerances: loss rtol 1e-5, gradients (parameters and input) rtol 1e-4
+step is compared in float32, with both training backends (fused batch statistics and ATen's batch_norm), at the
+issue's tolerances: loss rtol 1e-5, gradients (parameters and input) rtol 1e-4
 with atol 1e-4 * max|gradient| of the block, running statistics 1e-5. Eval: rtol 1e-5, atol 1e-5 * max|output|
 (the BatchNorm folded into the convolution rounds differently).
 """
@@ -85,14 +86,22 @@ def check_block(block: nn.Module, x: torch.Tensor, train: bool = True) -> nn.Mod
             assert out.is_contiguous(memory_format=cl) == expected.is_contiguous(memory_format=cl)
     if train:
         e_loss, e_grads, e_bufs = step(copy.deepcopy(block), x)
-        loss, grads, bufs = step(fused, x)
-        torch.testing.assert_close(loss, e_loss, rtol=1e-5, atol=1e-5 * e_loss.abs().item())
-        scale = max(g.abs().max().item() for g in e_grads.values())
-        assert grads.keys() == e_grads.keys()
-        for k in e_grads:
-            torch.testing.assert_close(grads[k], e_grads[k], rtol=1e-4, atol=1e-4 * scale, msg=lambda m: f"{k}: {m}")
-        for k in e_bufs:
-            torch.testing.assert_close(bufs[k], e_bufs[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")
+        for training_backend in ("fastblocks", "eager"):  # fused batch statistics, or ATen's batch_norm
+            saved = M.TRAINING_BACKEND["cpu"]
+            M.TRAINING_BACKEND["cpu"] = training_backend
+            try:
+                loss, grads, bufs = step(copy.deepcopy(fused), x)
+            finally:
+                M.TRAINING_BACKEND["cpu"] = saved
+            torch.testing.assert_close(loss, e_loss, rtol=1e-5, atol=1e-5 * e_loss.abs().item())
+            scale = max(g.abs().max().item() for g in e_grads.values())
+            assert grads.keys() == e_grads.keys()
+            for k in e_grads:
+                torch.testing.assert_close(grads[k], e_grads[k], rtol=1e-4, atol=1e-4 * scale,
+                                           msg=lambda m: f"{training_backend} {k}: {m}")
+            for k in e_bufs:
+                torch.testing.assert_close(bufs[k], e_bufs[k], rtol=1e-5, atol=1e-5,
+                                           msg=lambda m: f"{training_backend} {k}: {m}")
     return fused
 
 

@@ -10,7 +10,7 @@ Every constructor takes ``num_classes`` and ``weights`` (a state_dict or a path 
 ``strict=True``; nothing is downloaded). :func:`pyfastblocks.swap` gives an existing torchvision/timm model the same
 fused forwards.
 """
-from ._fused import DEPTHWISE_BACKEND
+from ._fused import DEPTHWISE_BACKEND, TRAINING_BACKEND
 from .inception import Inception3, InceptionOutputs, inception_v3
 from .mobilenet import MobileNetV1, MobileNetV2, mobilenet_v1, mobilenet_v2
 from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
@@ -18,7 +18,7 @@ from .vgg import VGG, vgg16, vgg16_bn, vgg19, vgg19_bn
 from .xception import Xception, xception
 
 __all__ = [
-    "DEPTHWISE_BACKEND",
+    "DEPTHWISE_BACKEND", "TRAINING_BACKEND",
     "Inception3", "InceptionOutputs", "inception_v3",
     "MobileNetV1", "MobileNetV2", "mobilenet_v1", "mobilenet_v2",
     "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",

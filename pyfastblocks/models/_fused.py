@@ -12,6 +12,8 @@ never change) and run:
   convolution with the folded BatchNorm as bias and the add (+ ReLU) as post-ops, so the tail costs no pass of
   its own; elsewhere (training, CUDA): the bare convolution, then BN + add + ReLU as one ``fastblocks::add_relu``
   pass (training uses the batch statistics, running stats updated as BatchNorm does).
+- in training, :data:`TRAINING_BACKEND` picks per device how the batch statistics run (fused, or ATen's
+  batch_norm followed by the fused add/ReLU/concat).
 - ``bn_act``: a BatchNorm + activation alone (one ``affine_relu`` pass).
 - ``concat_tail``: the tail of an Inception module: each branch's last convolution, un-normalized, goes into one
   ``fastblocks::branch_concat`` with every branch's BatchNorm laid end to end.
@@ -35,6 +37,14 @@ from ..nn.conv import _folded_conv_params
 # fastblocks depthwise CPU kernels are still generic and 1.5-10x slower than oneDNN on MobileNet/Xception shapes
 # (see the report of issue 5); change it here (or per process) once they are not.
 DEPTHWISE_BACKEND: Dict[str, str] = {"cpu": "library", "cuda": "fastblocks"}
+
+# How a BatchNorm in training (batch statistics) runs, per device type: "fastblocks" (the statistics turned into a
+# scale/bias pair by pyfastblocks.nn.batchnorm_scale_bias, then normalize + activation (+ add, + concat) as one
+# fused pass) or "eager" (ATen's batch_norm, then the activation in place, or the add + ReLU / ReLU + concat as one
+# fused pass). The CPU default is "eager": there the fused training path is 0.66-0.8x the eager model (the batch
+# statistics cost torch.var_mean, 3-15x slower than ATen's batch_norm forward, and its composite backward; see the
+# report of issue 5). Eval never uses batch statistics and is always fused.
+TRAINING_BACKEND: Dict[str, str] = {"cpu": "eager", "cuda": "fastblocks"}
 
 TIMM_BN_ACT = "timm.layers.norm_act.BatchNormAct2d"
 
@@ -127,6 +137,16 @@ def _uses_batch_stats(bn: Optional[_BatchNorm]) -> bool:
     return bn is not None and (bn.training or bn.running_mean is None or bn.running_var is None)
 
 
+def _eager_batch_stats(bn: Optional[_BatchNorm], x: Tensor) -> bool:
+    """Run this BatchNorm as ATen's batch_norm (TRAINING_BACKEND "eager", batch statistics in use)?"""
+    return _uses_batch_stats(bn) and TRAINING_BACKEND.get(x.device.type, "fastblocks") == "eager"
+
+
+def _batchnorm(bn: _BatchNorm, y: Tensor) -> Tensor:
+    """The BatchNorm alone (a timm BatchNormAct2d without its activation), as ``nn.BatchNorm2d`` runs it."""
+    return _BatchNorm.forward(bn, y)
+
+
 def _onednn_ok(x: Tensor, *tensors: Tensor) -> bool:
     """oneDNN's fused convolution post-ops: CPU inference (no autograd) in fp32/bf16."""
     return (
@@ -178,7 +198,14 @@ def _fastblocks_depthwise(x: Tensor) -> bool:
 def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, activation: str = "relu",
                 input_relu: bool = False) -> Tensor:
     """``act(bn(conv(relu(x) if input_relu else x)))``: :func:`pyfastblocks.nn.conv_bn_act`, with depthwise
-    convolutions routed by :data:`DEPTHWISE_BACKEND`."""
+    convolutions routed by :data:`DEPTHWISE_BACKEND` and batch statistics by :data:`TRAINING_BACKEND`."""
+    if _eager_batch_stats(bn, x):
+        if is_depthwise(conv) and _fastblocks_depthwise(x):
+            y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, "none",
+                                     input_relu)
+        else:
+            y = conv._conv_forward(torch.relu(x) if input_relu else x, conv.weight, conv.bias)
+        return _activate(_batchnorm(bn, y), activation, inplace=True)
     if is_depthwise(conv) and not _fastblocks_depthwise(x):
         return _library_conv_bn_act(x, conv, bn, activation, input_relu)
     return _nn_conv_bn_act(x, conv, bn, activation, input_relu)
@@ -201,6 +228,8 @@ def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: 
         y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
     else:
         y = conv._conv_forward(x, conv.weight, conv.bias)
+    if _eager_batch_stats(bn, x):
+        return ops.add_relu(_batchnorm(bn, y), residual, relu=relu)
     if bn is None:
         return ops.add_relu(y, residual, relu=relu)
     scale, shift = batchnorm_scale_bias(bn, y)
@@ -211,6 +240,8 @@ def bn_act(x: Tensor, bn: Optional[_BatchNorm], activation: str) -> Tensor:
     """``act(bn(x))`` as one pass (``affine_relu``; ReLU6 adds a clamp)."""
     if bn is None:
         return _activate(x, activation, inplace=False)
+    if _eager_batch_stats(bn, x):
+        return _activate(_batchnorm(bn, x), activation, inplace=True)
     scale, shift = batchnorm_scale_bias(bn, x)
     y = ops.affine_relu(x, scale, shift, relu=activation == "relu")
     return _activate(y, activation, inplace=False) if activation == "relu6" else y
@@ -249,6 +280,8 @@ def concat_tail(owner: nn.Module, inputs: Sequence[Tensor], bns: Sequence[Option
 
     In eval the folded pairs of the BatchNorms are cached by ``batchnorm_scale_bias``; their concatenation is
     cached on ``owner`` while those cached pairs are the same objects."""
+    if any(_eager_batch_stats(bn, x) for x, bn in zip(inputs, bns)):
+        return ops.branch_concat([x if bn is None else _batchnorm(bn, x) for x, bn in zip(inputs, bns)], relu=relu)
     pairs = []
     for x, bn in zip(inputs, bns):
         if bn is None:
