@@ -8,13 +8,16 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "common/checks.h"
 #include "common/depthwise_host.h"
 
 namespace fastblocks {
 namespace {
 
-constexpr const char* kOp = "fastblocks::separable_conv2d";
+// FASTBLOCKS_CHECK_ARG adds the "fastblocks::" prefix.
+constexpr const char* kOp = "separable_conv2d";
 
 at::Tensor depthwise_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -24,6 +27,12 @@ at::Tensor depthwise_op(const at::Tensor& x, const at::Tensor& weight, const std
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                          at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, c10::string_view, bool)>();
   return op.call(x, weight, bias, stride, padding, dilation, activation, input_relu);
+}
+
+// One size for a message: its value, or "s" when symbolic.
+std::string sym_int_string(const c10::SymInt& v) {
+  const auto value = v.maybe_as_int();
+  return value.has_value() ? std::to_string(*value) : std::string("s");
 }
 
 at::Tensor apply_activation_(at::Tensor y, Activation act) {
@@ -38,13 +47,50 @@ at::Tensor separable_conv2d(const at::Tensor& x, const at::Tensor& depthwise_wei
                             at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view depthwise_activation,
                             c10::string_view activation, bool input_relu) {
   const Activation act = parse_activation(std::string_view(activation.data(), activation.size()), kOp);
-  // Sizes are SymInts: the composite also runs on fake tensors with symbolic shapes (torch.compile, export).
+  parse_activation(std::string_view(depthwise_activation.data(), depthwise_activation.size()), kOp,
+                   "depthwise_activation");
+  // The depthwise step's tensors, checked here so that errors name this op's arguments (depthwise_conv2d would
+  // call them 'weight' and 'bias'). Sizes are SymInts: the composite also runs on fake tensors with symbolic
+  // shapes (torch.compile, export). stride/padding/dilation keep their names: depthwise_conv2d checks them.
+  check_defined(x, kOp, "x");
+  FASTBLOCKS_CHECK_ARG(x.dim() == 4, kOp, "x", "must be 4-D [N, C, H, W], got shape ", sym_shape_string(x.sym_sizes()));
+  check_floating_tensor(x, kOp, "x");
+  FASTBLOCKS_CHECK_ARG(x.sym_size(1) > 0, kOp, "x", "must have at least one channel, got shape ",
+                       sym_shape_string(x.sym_sizes()));
+  check_same_dtype_device(depthwise_weight, "depthwise_weight", x, "x", kOp);
+  const c10::SymInt channels = x.sym_size(1);
+  FASTBLOCKS_CHECK_ARG(depthwise_weight.dim() == 4 && depthwise_weight.sym_size(1) == 1 &&
+                           depthwise_weight.sym_size(0) > 0 && depthwise_weight.sym_size(0) % channels == 0 &&
+                           depthwise_weight.sym_size(2) > 0 && depthwise_weight.sym_size(3) > 0,
+                       kOp, "depthwise_weight", "must be [C * m, 1, kh, kw] with C = x.size(1) = ",
+                       sym_int_string(channels), " and m >= 1, got shape ",
+                       sym_shape_string(depthwise_weight.sym_sizes()));
+  if (depthwise_bias.has_value() && depthwise_bias->defined()) {
+    const at::Tensor& b = *depthwise_bias;
+    FASTBLOCKS_CHECK_ARG(b.dim() == 1 && b.sym_size(0) == depthwise_weight.sym_size(0), kOp, "depthwise_bias",
+                         "must be a 1-D tensor of one value per depthwise output channel (shape ",
+                         sym_shape_string(depthwise_weight.sym_sizes().slice(0, 1)), "), got shape ",
+                         sym_shape_string(b.sym_sizes()));
+    FASTBLOCKS_CHECK_ARG(b.device() == x.device(), kOp, "depthwise_bias", "must be on the device of 'x' (",
+                         x.device(), "), got ", b.device());
+    FASTBLOCKS_CHECK_ARG(b.scalar_type() == x.scalar_type() || b.scalar_type() == at::kFloat, kOp, "depthwise_bias",
+                         "must have the dtype of 'x' (", x.scalar_type(), ") or float32, got ", b.scalar_type());
+  }
+  check_defined(pointwise_weight, kOp, "pointwise_weight");
   FASTBLOCKS_CHECK_ARG(pointwise_weight.dim() == 4 && pointwise_weight.sym_size(2) == 1 &&
                            pointwise_weight.sym_size(3) == 1,
-                       kOp, "pointwise_weight", "must be [C_out, C_mid, 1, 1]");
+                       kOp, "pointwise_weight", "must be [C_out, C_mid, 1, 1], got shape ",
+                       sym_shape_string(pointwise_weight.sym_sizes()));
   FASTBLOCKS_CHECK_ARG(pointwise_weight.scalar_type() == x.scalar_type(), kOp, "pointwise_weight",
-                       "must have the dtype of 'x'");
-  FASTBLOCKS_CHECK_ARG(pointwise_weight.device() == x.device(), kOp, "pointwise_weight", "must be on the device of 'x'");
+                       "must have the dtype of 'x' (", x.scalar_type(), "), got ", pointwise_weight.scalar_type());
+  FASTBLOCKS_CHECK_ARG(pointwise_weight.device() == x.device(), kOp, "pointwise_weight",
+                       "must be on the device of 'x' (", x.device(), "), got ", pointwise_weight.device());
+  if (pointwise_bias.has_value() && pointwise_bias->defined()) {
+    const auto dtype = pointwise_bias->scalar_type();
+    FASTBLOCKS_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+                         kOp, "pointwise_bias", "must have a floating dtype (float32, float64, float16 or bfloat16), got ",
+                         dtype);
+  }
   const at::Tensor mid = depthwise_op(x, depthwise_weight, depthwise_bias, stride, padding, dilation,
                                       depthwise_activation, input_relu);
   const c10::SymInt c_mid = mid.sym_size(1), c_out = pointwise_weight.sym_size(0);
@@ -54,7 +100,8 @@ at::Tensor separable_conv2d(const at::Tensor& x, const at::Tensor& depthwise_wei
   if (pointwise_bias.has_value() && pointwise_bias->defined()) {
     FASTBLOCKS_CHECK_ARG(pointwise_bias->dim() == 1 && pointwise_bias->sym_size(0) == c_out, kOp, "pointwise_bias",
                          "must be [C_out], one value per output channel of 'pointwise_weight'");
-    FASTBLOCKS_CHECK_ARG(pointwise_bias->device() == x.device(), kOp, "pointwise_bias", "must be on the device of 'x'");
+    FASTBLOCKS_CHECK_ARG(pointwise_bias->device() == x.device(), kOp, "pointwise_bias", "must be on the device of 'x' (",
+                         x.device(), "), got ", pointwise_bias->device());
     pw_bias = pointwise_bias->to(x.scalar_type());
   }
   if (!mid.is_contiguous(at::MemoryFormat::ChannelsLast) || mid.is_contiguous()) {

@@ -9,11 +9,13 @@ LAST = "last"  # channels innermost (channels_last for 4-D)
 
 def preferred_channel_order(x: torch.Tensor) -> str:
     """Channels-last when x has rank >= 3, more than one channel, and dim 1 has a smaller stride than every
-    other non-trivial dim but 0; else channels-first."""
+    other non-trivial dim but 0 (when every spatial dim has size 1: than every spatial dim, as torch's
+    suggest_memory_format decides that ambiguous case); else channels-first."""
     if x.dim() < 3 or x.size(1) <= 1:
         return FIRST
-    for d in range(2, x.dim()):
-        if x.size(d) > 1 and x.stride(1) >= x.stride(d):
+    spatial = [d for d in range(2, x.dim()) if x.size(d) > 1]
+    for d in spatial or range(2, x.dim()):
+        if x.stride(1) >= x.stride(d):
             return FIRST
     return LAST
 

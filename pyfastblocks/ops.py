@@ -2,6 +2,7 @@
 
 Schemas are in csrc/fastblocks.cpp; CPU kernels in csrc/cpu/, CUDA kernels in csrc/cuda/.
 """
+import operator
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -11,6 +12,53 @@ from . import _extension  # noqa: F401  (registers the ops)
 from ._layout import accumulation_dtype, empty_in_order, inputs_channel_order, preferred_channel_order
 
 __all__ = ["add_relu", "affine_relu", "branch_concat", "depthwise_conv2d", "separable_conv2d"]
+
+_INT64_MAX = 2**63 - 1
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checks shared by the fake impls. A fake impl is also the op's Meta kernel: it runs for real tensors whenever one
+# argument is on the `meta` device, so it must reject what the CPU/CUDA kernels reject (above all mixed devices,
+# or it hands back an uninitialized tensor), naming the argument as the kernels do.
+
+
+def _check_tensor(op: str, name: str, t) -> None:
+    torch._check(
+        isinstance(t, Tensor),
+        lambda: f"fastblocks::{op}: argument '{name}' must be a tensor, got {type(t).__name__}",
+    )
+
+
+def _check_rank(op: str, name: str, t: Tensor, rank: int, exact: bool = False) -> None:
+    ok = t.dim() == rank if exact else t.dim() >= rank
+    torch._check(
+        ok,
+        lambda: f"fastblocks::{op}: argument '{name}' must "
+        + (f"be {rank}-D" if exact else f"have rank >= {rank} with channels in dim 1")
+        + f", got shape {list(t.shape)}",
+    )
+
+
+def _check_same_device(op: str, *named) -> None:
+    """All the given (name, tensor) pairs (None: an absent optional argument) on one device. The reference is the
+    first tensor not on `meta` (the Meta kernel runs when any argument is on meta: that one is the odd one out)."""
+    tensors = [(name, t) for name, t in named if t is not None]
+    if not tensors:
+        return
+    ref_name, ref = next(((n, t) for n, t in tensors if t.device.type != "meta"), tensors[0])
+    for name, t in tensors:
+        torch._check(
+            t.device == ref.device,
+            lambda name=name, t=t: f"fastblocks::{op}: argument '{name}' must be on the device of '{ref_name}' "
+            f"({ref.device}), got {t.device}",
+        )
+
+
+def _static(value) -> bool:
+    """A plain int (not a SymInt of a dynamic shape): size arithmetic on it can be checked at trace time without
+    adding guards."""
+    return isinstance(value, int)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -52,7 +100,10 @@ def add_relu(
 
 @torch.library.register_fake("fastblocks::add_relu")
 def _add_relu_fake(x, residual, scale=None, bias=None, relu=True):
-    torch._check(x.dim() >= 2, lambda: "fastblocks::add_relu: argument 'x' must have rank >= 2")
+    _check_tensor("add_relu", "x", x)
+    _check_tensor("add_relu", "residual", residual)
+    _check_same_device("add_relu", ("x", x), ("residual", residual), ("scale", scale), ("bias", bias))
+    _check_rank("add_relu", "x", x, 2)
     torch._check(residual.shape == x.shape, lambda: "fastblocks::add_relu: argument 'residual' must have the shape of 'x'")
     torch._check(residual.dtype == x.dtype, lambda: "fastblocks::add_relu: argument 'residual' must have the dtype of 'x'")
     for name, p in (("scale", scale), ("bias", bias)):
@@ -66,6 +117,12 @@ def _add_relu_fake(x, residual, scale=None, bias=None, relu=True):
 
 @torch.library.register_fake("fastblocks::add_relu_backward")
 def _add_relu_backward_fake(grad_out, out, x, scale, relu, compute_param_grads):
+    op = "add_relu_backward"
+    _check_tensor(op, "grad_out", grad_out)
+    _check_tensor(op, "out", out)
+    _check_same_device(op, ("grad_out", grad_out), ("out", out), ("x", x), ("scale", scale))
+    _check_rank(op, "out", out, 2)
+    torch._check(grad_out.shape == out.shape, lambda: f"fastblocks::{op}: argument 'grad_out' must have the shape of 'out'")
     order = preferred_channel_order(out)
     channels = out.shape[1]
     acc = accumulation_dtype(out.dtype)
@@ -114,6 +171,11 @@ def branch_concat(
     and device; the output takes the memory format of the first input with more than one channel (others are
     converted). Gradients: one per input, plus per-channel ones for scale and bias.
     """
+    if isinstance(inputs, Tensor):  # list(tensor) would split it along dim 0: a silent wrong result
+        raise TypeError(
+            "fastblocks::branch_concat: argument 'inputs' must be a list or tuple of tensors, got a Tensor "
+            "(for a single input, pass [x] or use affine_relu(x))"
+        )
     inputs = list(inputs)
     if not inputs:  # the dispatcher cannot route an op with no tensor at all: say it here
         raise RuntimeError("fastblocks::branch_concat: argument 'inputs' must hold at least one tensor")
@@ -125,7 +187,18 @@ def affine_relu(x: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor
 
     The one-input case of :func:`branch_concat` (same kernels, same autograd).
     """
-    return branch_concat([x], scale, bias, relu)
+    # x's own checks first, so that errors name 'x' (branch_concat would call it 'inputs[0]').
+    if not isinstance(x, Tensor):
+        raise TypeError(f"fastblocks::affine_relu: argument 'x' must be a tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise RuntimeError(
+            f"fastblocks::affine_relu: argument 'x' must have rank >= 2 with channels in dim 1, got shape {list(x.shape)}"
+        )
+    if x.dtype not in _FLOATING:
+        raise RuntimeError(
+            f"fastblocks::affine_relu: argument 'x' must be float32, float64, float16 or bfloat16, got {x.dtype}"
+        )
+    return torch.ops.fastblocks.branch_concat.default([x], scale, bias, relu)
 
 
 def _with_channels(shape, channels):
@@ -136,7 +209,11 @@ def _with_channels(shape, channels):
 
 @torch.library.register_fake("fastblocks::branch_concat")
 def _branch_concat_fake(inputs, scale=None, bias=None, relu=True):
+    op = "branch_concat"
     torch._check(len(inputs) >= 1, lambda: "fastblocks::branch_concat: argument 'inputs' must hold at least one tensor")
+    _check_same_device(op, *((f"inputs[{i}]", t) for i, t in enumerate(inputs)), ("scale", scale), ("bias", bias))
+    for i, t in enumerate(inputs):
+        _check_rank(op, f"inputs[{i}]", t, 2)
     x0 = inputs[0]
     for i, t in enumerate(inputs[1:], 1):
         torch._check(t.dim() == x0.dim(), lambda i=i: f"fastblocks::branch_concat: argument 'inputs[{i}]' has another rank")
@@ -153,6 +230,19 @@ def _branch_concat_fake(inputs, scale=None, bias=None, relu=True):
 
 @torch.library.register_fake("fastblocks::branch_concat_backward")
 def _branch_concat_backward_fake(grad_out, out, channels, inputs, scale, relu, compute_param_grads):
+    op = "branch_concat_backward"
+    _check_tensor(op, "grad_out", grad_out)
+    _check_tensor(op, "out", out)
+    _check_same_device(op, ("grad_out", grad_out), ("out", out), *((f"inputs[{i}]", t) for i, t in enumerate(inputs)),
+                       ("scale", scale))
+    _check_rank(op, "out", out, 2)
+    torch._check(grad_out.shape == out.shape, lambda: f"fastblocks::{op}: argument 'grad_out' must have the shape of 'out'")
+    torch._check(1 <= len(channels) <= 16, lambda: f"fastblocks::{op}: argument 'channels' must list 1 to 16 channel counts")
+    for c in channels:
+        torch._check(c >= 0, lambda: f"fastblocks::{op}: argument 'channels' must be non-negative, got {list(channels)}")
+    torch._check(sum(channels) == out.shape[1], lambda: f"fastblocks::{op}: argument 'channels' must add up to out.size(1)")
+    torch._check(len(inputs) in (0, len(channels)),
+                 lambda: f"fastblocks::{op}: argument 'inputs' must be empty or hold one tensor per branch")
     order = preferred_channel_order(out)
     grads = [empty_in_order(_with_channels(out.shape, c), out, order) for c in channels]
     acc = accumulation_dtype(out.dtype)
@@ -192,13 +282,23 @@ torch.library.register_autograd(
 IntPair = Union[int, Sequence[int]]
 
 
-def _pair(value: IntPair, name: str) -> List[int]:
-    if isinstance(value, int):
-        return [value, value]
-    value = [int(v) for v in value]
-    if len(value) != 2:
-        raise ValueError(f"fastblocks::depthwise_conv2d: argument '{name}' must be an int or a pair, got {value}")
-    return value
+def _pair(value: IntPair, name: str, op: str = "depthwise_conv2d") -> List[int]:
+    """An int or a pair of ints (anything with __index__: int, numpy or 0-d integer tensor) as a list of two."""
+    def as_int(v):
+        if isinstance(v, (bool, float, str)) or v is None:
+            raise TypeError(f"fastblocks::{op}: argument '{name}' must be an int or a pair of ints, got {value!r}")
+        try:
+            return operator.index(v)
+        except TypeError:
+            raise TypeError(
+                f"fastblocks::{op}: argument '{name}' must be an int or a pair of ints, got {value!r}"
+            ) from None
+
+    if isinstance(value, (list, tuple, torch.Size)):
+        if len(value) != 2:
+            raise ValueError(f"fastblocks::{op}: argument '{name}' must be an int or a pair, got {list(value)}")
+        return [as_int(v) for v in value]
+    return [as_int(value)] * 2
 
 
 def depthwise_conv2d(
@@ -224,16 +324,61 @@ def depthwise_conv2d(
     )
 
 
-def _depthwise_out_size(size, kernel, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+def _check_conv_args(op, x, weight, stride, padding, dilation):
+    """The depthwise fake impls' checks of stride/padding/dilation and of the output size, before any arithmetic
+    (the kernels' make_geometry checks the same). Returns (out_h, out_w)."""
+    for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        torch._check(len(v) == 2, lambda name=name, v=v: f"fastblocks::{op}: argument '{name}' must be two ints, got {list(v)}")
+    torch._check(stride[0] > 0 and stride[1] > 0,
+                 lambda: f"fastblocks::{op}: argument 'stride' must be two positive ints, got {list(stride)}")
+    torch._check(dilation[0] > 0 and dilation[1] > 0,
+                 lambda: f"fastblocks::{op}: argument 'dilation' must be two positive ints, got {list(dilation)}")
+    torch._check(padding[0] >= 0 and padding[1] >= 0,
+                 lambda: f"fastblocks::{op}: argument 'padding' must be two non-negative ints, got {list(padding)}")
+    out, extents = [], []
+    for i in range(2):
+        size, kernel = x.shape[2 + i], weight.shape[2 + i]
+        # int64 bounds, as in C++ (Python ints do not overflow; checked where the sizes are static)
+        if _static(size):
+            torch._check(size + 2 * padding[i] <= _INT64_MAX,
+                         lambda: f"fastblocks::{op}: argument 'padding' is too large: input size + 2 * padding "
+                         f"overflows int64 (padding {list(padding)})")
+        if _static(kernel):
+            torch._check(dilation[i] * (kernel - 1) <= _INT64_MAX,
+                         lambda: f"fastblocks::{op}: argument 'dilation' is too large: dilation * (kernel size - 1) "
+                         f"overflows int64 (dilation {list(dilation)})")
+        span = size + 2 * padding[i] - dilation[i] * (kernel - 1) - 1
+        if _static(span):
+            torch._check(span >= 0, lambda: f"fastblocks::{op}: argument 'x' is too small for the kernel: the output "
+                         f"size would be <= 0 (input {list(x.shape)}, kernel {list(weight.shape[2:])})")
+        out.append(span // stride[i] + 1)
+        terms = {"x": size, "padding": 2 * padding[i], "dilation": dilation[i] * (kernel - 1), "stride": stride[i]}
+        if all(_static(v) for v in terms.values()):
+            extents.append((sum(terms.values()), max(terms, key=terms.get)))
+    if len(extents) == 2:  # the padded plane's area, as make_geometry bounds it
+        name = max(extents)[1]
+        torch._check(extents[0][0] * extents[1][0] * 64 <= _INT64_MAX,
+                     lambda: f"fastblocks::{op}: argument '{name}' is too large: the padded input plane is too large "
+                     f"to index in int64 (input {list(x.shape)}, stride {list(stride)}, padding {list(padding)}, "
+                     f"dilation {list(dilation)})")
+    sizes = [x.shape[0], weight.shape[0], *out]
+    if all(_static(s) for s in sizes):
+        numel = sizes[0] * sizes[1] * sizes[2] * sizes[3]
+        torch._check(numel <= _INT64_MAX,
+                     lambda: f"fastblocks::{op}: argument '{'padding' if any(padding) else 'weight'}' gives an output "
+                     f"{sizes} of more than 2^63 - 1 elements")
+    return out
 
 
 @torch.library.register_fake("fastblocks::depthwise_conv2d")
 def _depthwise_conv2d_fake(x, weight, bias, stride, padding, dilation, activation="none", input_relu=False):
-    torch._check(x.dim() == 4, lambda: "fastblocks::depthwise_conv2d: argument 'x' must be 4-D")
+    op = "depthwise_conv2d"
+    _check_tensor(op, "x", x)
+    _check_tensor(op, "weight", weight)
+    _check_same_device(op, ("x", x), ("weight", weight), ("bias", bias))
+    _check_rank(op, "x", x, 4, exact=True)
     torch._check(weight.dim() == 4 and weight.shape[1] == 1, lambda: "fastblocks::depthwise_conv2d: argument 'weight' must be [C * m, 1, kh, kw]")
-    out_h = _depthwise_out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-    out_w = _depthwise_out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    out_h, out_w = _check_conv_args(op, x, weight, stride, padding, dilation)
     sizes = [x.shape[0], weight.shape[0], out_h, out_w]
     return empty_in_order(sizes, x, preferred_channel_order(x))
 
@@ -241,6 +386,14 @@ def _depthwise_conv2d_fake(x, weight, bias, stride, padding, dilation, activatio
 @torch.library.register_fake("fastblocks::depthwise_conv2d_backward")
 def _depthwise_conv2d_backward_fake(grad_out, out, x, weight, stride, padding, dilation, activation, input_relu,
                                     output_mask):
+    op = "depthwise_conv2d_backward"
+    for name, t in (("grad_out", grad_out), ("out", out), ("x", x), ("weight", weight)):
+        _check_tensor(op, name, t)
+    _check_same_device(op, ("grad_out", grad_out), ("out", out), ("x", x), ("weight", weight))
+    _check_rank(op, "x", x, 4, exact=True)
+    torch._check(weight.dim() == 4 and weight.shape[1] == 1,
+                 lambda: f"fastblocks::{op}: argument 'weight' must be [C * m, 1, kh, kw]")
+    _check_conv_args(op, x, weight, stride, padding, dilation)
     grad_input = empty_in_order(x.shape, x, preferred_channel_order(x)) if output_mask[0] else x.new_empty(0)
     grad_weight = weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty(0)
     grad_bias = x.new_empty(weight.shape[0] if output_mask[2] else 0, dtype=accumulation_dtype(x.dtype))
@@ -276,6 +429,8 @@ torch.library.register_autograd(
 # --------------------------------------------------------------------------------------------------------
 # separable_conv2d (composite: autograd, fake tensors and compile go through depthwise_conv2d and ATen ops)
 
+_SEPARABLE = "separable_conv2d"
+
 
 def separable_conv2d(
     x: Tensor,
@@ -298,9 +453,34 @@ def separable_conv2d(
     convolution for NCHW input. Folded BatchNorms go into the weights and biases.
     """
     return torch.ops.fastblocks.separable_conv2d.default(
-        x, depthwise_weight, depthwise_bias, pointwise_weight, pointwise_bias, _pair(stride, "stride"),
-        _pair(padding, "padding"), _pair(dilation, "dilation"), depthwise_activation, activation, input_relu,
+        x, depthwise_weight, depthwise_bias, pointwise_weight, pointwise_bias, _pair(stride, "stride", _SEPARABLE),
+        _pair(padding, "padding", _SEPARABLE), _pair(dilation, "dilation", _SEPARABLE), depthwise_activation,
+        activation, input_relu,
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# No double backward. The backward ops are not differentiable; without an autograd kernel of their own, torch's
+# fallback only warns and a second derivative through them (create_graph=True, then backward again) silently
+# comes out as zeros. This autograd kernel lets a first backward (with or without create_graph) run as before
+# and raises only when something differentiates through it (the semantics of autograd's once_differentiable).
+# separable_conv2d is composite: its depthwise step's backward raises.
+
+
+def _no_double_backward(forward: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fastblocks::{forward} does not support double backward (create_graph=True): its backward, "
+            f"fastblocks::{forward}_backward, is not differentiable. Compute higher-order derivatives with the "
+            f"eager PyTorch equivalent of the op."
+        )
+
+    return backward
+
+
+for _forward in ("add_relu", "branch_concat", "depthwise_conv2d"):
+    torch.library.register_autograd(f"fastblocks::{_forward}_backward", _no_double_backward(_forward))
+del _forward
 
 
 from . import _autocast  # noqa: E402,F401

@@ -527,15 +527,16 @@ def test_separable_conv2d_channels_last_relu(device, grad):
                         _layout("channels_last", 4), "relu", "none", False, False, seed=5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an input that is both NCHW- and channels-last-contiguous (1x1 spatial, strides (2, 1, 1, 1)) counts as "
-    "channels-last (csrc/common/layout.cpp preferred_channel_order: no non-trivial spatial dim), so a padded "
-    "depthwise conv returns a channels-last [1, 2, 1, 3] where F.conv2d (suggest_memory_format: contiguous wins) "
-    "returns NCHW"))
 @pytest.mark.parametrize("device", DEVICES)
 def test_depthwise_memory_format_of_1x1_input(device):
-    x = torch.randn(1, 2, 1, 1, device=device)
+    """An input that is both NCHW- and channels-last-contiguous (1x1 spatial): the strides of its size-1 dims
+    decide, as torch's suggest_memory_format does (csrc/common/layout.cpp, pyfastblocks/_layout.py), so a padded
+    depthwise conv has F.conv2d's output strides, for a plain contiguous input and for one made channels_last."""
     w = torch.randn(2, 1, 1, 1, device=device)
-    eager = F.conv2d(x, w, padding=(0, 1), groups=2)
-    out = ops.depthwise_conv2d(x, w, padding=(0, 1))
-    assert out.stride() == eager.stride(), f"strides {out.stride()}, F.conv2d gives {eager.stride()}"
+    for x in (torch.randn(1, 2, 1, 1, device=device),
+              torch.randn(1, 2, 1, 1, device=device).to(memory_format=torch.channels_last),
+              torch.randn(3, 2, 1, 1, device=device).to(memory_format=torch.channels_last)):
+        eager = F.conv2d(x, w, padding=(0, 1), groups=2)
+        out = ops.depthwise_conv2d(x, w, padding=(0, 1))
+        assert out.stride() == eager.stride(), f"x strides {x.stride()}: {out.stride()}, F.conv2d gives {eager.stride()}"
+        torch.testing.assert_close(out, eager)

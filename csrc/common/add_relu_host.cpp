@@ -13,6 +13,7 @@ constexpr const char* kForward = "add_relu";
 constexpr const char* kBackward = "add_relu_backward";
 
 void check_activation_tensor(const at::Tensor& t, const char* op, const char* arg) {
+  check_defined(t, op, arg);
   FASTBLOCKS_CHECK_ARG(t.dim() >= 2, op, arg, "must have rank >= 2 with channels in dim 1, got shape ",
                        shape_string(t.sizes()));
   check_floating_tensor(t, op, arg);
@@ -34,8 +35,8 @@ AddReluForwardPlan plan_add_relu_forward(const at::Tensor& x, const at::Tensor& 
 
   AddReluForwardPlan plan;
   const int64_t channels = x.size(1);
-  plan.scale = channel_param(scale, "scale", x, channels, kForward);
-  plan.bias = channel_param(bias, "bias", x, channels, kForward);
+  plan.scale = channel_param(scale, "scale", x, "x", channels, kForward);
+  plan.bias = channel_param(bias, "bias", x, "x", channels, kForward);
 
   const ChannelOrder order = preferred_channel_order(x);
   plan.out = empty_in_order(x.sizes(), x.options(), order);
@@ -64,7 +65,7 @@ AddReluBackwardPlan plan_add_relu_backward(const at::Tensor& grad_out, const at:
 
   AddReluBackwardPlan plan;
   const int64_t channels = out.size(1);
-  plan.scale = channel_param(scale, "scale", out, channels, kBackward);
+  plan.scale = channel_param(scale, "scale", out, "out", channels, kBackward);
   // x is read only for grad_scale = sum(g * x), and is only meaningful together with a scale.
   const bool has_x = x.has_value() && x->defined();
   FASTBLOCKS_CHECK_ARG(!has_x || plan.scale.defined(), kBackward, "x",

@@ -22,6 +22,7 @@ void check_inputs(at::TensorList inputs, const char* op) {
   FASTBLOCKS_CHECK_ARG(inputs.size() <= static_cast<size_t>(kMaxBranches), op, "inputs", "may hold at most ",
                        std::to_string(kMaxBranches), " tensors, got ", std::to_string(inputs.size()));
   const at::Tensor& x0 = inputs[0];
+  check_defined(x0, op, "inputs[0]");
   FASTBLOCKS_CHECK_ARG(x0.dim() >= 2, op, "inputs[0]", "must have rank >= 2 with channels in dim 1, got shape ",
                        shape_string(x0.sizes()));
   check_floating_tensor(x0, op, "inputs[0]");
@@ -53,6 +54,7 @@ std::vector<int64_t> with_channels(at::IntArrayRef sizes, int64_t channels) {
 void check_branch_concat_devices(at::TensorList inputs, const std::optional<at::Tensor>& scale,
                                  const std::optional<at::Tensor>& bias) {
   FASTBLOCKS_CHECK_ARG(!inputs.empty(), kForward, "inputs", "must hold at least one tensor");
+  check_defined(inputs[0], kForward, "inputs[0]");
   for (size_t i = 1; i < inputs.size(); ++i) {
     check_same_device(inputs[i], input_name(i).c_str(), inputs[0], "inputs[0]", kForward);
   }
@@ -76,8 +78,8 @@ BranchConcatForwardPlan plan_branch_concat_forward(at::TensorList inputs, const 
     channels += inputs[i].size(1);
   }
   a.inputs.channel_begin[inputs.size()] = channels;
-  plan.scale = channel_param(scale, "scale", x0, channels, kForward);
-  plan.bias = channel_param(bias, "bias", x0, channels, kForward);
+  plan.scale = channel_param(scale, "scale", x0, "inputs[0]", channels, kForward);
+  plan.bias = channel_param(bias, "bias", x0, "inputs[0]", channels, kForward);
   const auto sizes = with_channels(x0.sizes(), channels);
   plan.out = empty_in_order(sizes, x0.options(), order);
   a.out = plan.out.mutable_data_ptr();
@@ -93,6 +95,7 @@ BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out,
                                                      at::IntArrayRef channels, at::TensorList inputs,
                                                      const std::optional<at::Tensor>& scale, bool relu,
                                                      bool compute_param_grads) {
+  check_defined(out, kBackward, "out");
   FASTBLOCKS_CHECK_ARG(out.dim() >= 2, kBackward, "out", "must have rank >= 2 with channels in dim 1, got shape ",
                        shape_string(out.sizes()));
   check_floating_tensor(out, kBackward, "out");
@@ -115,7 +118,7 @@ BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out,
 
   BranchConcatBackwardPlan plan;
   const int64_t C = out.size(1);
-  plan.scale = channel_param(scale, "scale", out, C, kBackward);
+  plan.scale = channel_param(scale, "scale", out, "out", C, kBackward);
   const ChannelOrder order = preferred_channel_order(out);
   plan.out = to_order(out, order);
   plan.grad_out = to_order(grad_out, order);

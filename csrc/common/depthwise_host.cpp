@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <vector>
 
 #include "common/checks.h"
 #include "common/layout.h"
@@ -15,9 +16,14 @@ constexpr const char* kBackward = "depthwise_conv2d_backward";
 
 std::string pair_string(at::IntArrayRef v) { return shape_string(v); }
 
+// a * b and a + b in int64, false when they overflow (stride, padding and dilation are any ints the caller passes).
+bool mul_fits(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+bool add_fits(int64_t a, int64_t b, int64_t* out) { return !__builtin_add_overflow(a, b, out); }
+
 // Checks x, weight and the convolution arguments; returns the geometry (memory order from x).
 DepthwiseGeometry make_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation, const char* op) {
+  check_defined(x, op, "x");
   FASTBLOCKS_CHECK_ARG(x.dim() == 4, op, "x", "must be 4-D [N, C, H, W], got shape ", shape_string(x.sizes()));
   check_floating_tensor(x, op, "x");
   FASTBLOCKS_CHECK_ARG(x.size(1) > 0, op, "x", "must have at least one channel, got shape ", shape_string(x.sizes()));
@@ -47,14 +53,61 @@ DepthwiseGeometry make_geometry(const at::Tensor& x, const at::Tensor& weight, a
   g.pad_w = padding[1];
   g.dil_h = dilation[0];
   g.dil_w = dilation[1];
-  const int64_t span_h = g.in_h + 2 * g.pad_h - g.dil_h * (g.kernel_h - 1) - 1;
-  const int64_t span_w = g.in_w + 2 * g.pad_w - g.dil_w * (g.kernel_w - 1) - 1;
+  // span = in + 2 * pad - dil * (k - 1) - 1, without signed overflow: in + 2 * pad and dil * (k - 1) must fit in
+  // int64 (both are then >= 0, so the differences cannot overflow); the kernels' index arithmetic stays within
+  // [-pad, in + pad) after that.
+  int64_t span[2], extent[2];
+  const char* largest[2];
+  for (int i = 0; i < 2; ++i) {
+    const int64_t in = x.size(2 + i), kernel = weight.size(2 + i);
+    int64_t twice_pad = 0, padded = 0, reach = 0;
+    FASTBLOCKS_CHECK_ARG(mul_fits(padding[i], 2, &twice_pad) && add_fits(in, twice_pad, &padded), op, "padding",
+                         "is too large: input size + 2 * padding overflows int64 (padding ", pair_string(padding),
+                         ", input ", shape_string(x.sizes()), ")");
+    FASTBLOCKS_CHECK_ARG(mul_fits(dilation[i], kernel - 1, &reach), op, "dilation",
+                         "is too large: dilation * (kernel size - 1) overflows int64 (dilation ", pair_string(dilation),
+                         ", kernel ", shape_string(weight.sizes().slice(2)), ")");
+    span[i] = padded - reach - 1;
+    // The extent of a zero-padded plane as the CPU fast paths lay it out (in + 2 * pad rows or columns, plus the
+    // kernel's reach and a stride of slack); `largest` names the argument that contributes most to it.
+    const int64_t terms[4] = {in, twice_pad, reach, stride[i]};
+    const char* names[4] = {"x", "padding", "dilation", "stride"};
+    extent[i] = 0;
+    bool fits = true;
+    int arg_max = 0;
+    for (int t = 0; t < 4; ++t) {
+      fits = fits && add_fits(extent[i], terms[t], &extent[i]);
+      if (terms[t] > terms[arg_max]) arg_max = t;
+    }
+    largest[i] = names[arg_max];
+    if (!fits) extent[i] = -1;
+  }
+  const int64_t span_h = span[0], span_w = span[1];
   FASTBLOCKS_CHECK_ARG(span_h >= 0 && span_w >= 0, op, "x",
                        "is too small for the kernel: the output size would be <= 0 (input ", shape_string(x.sizes()),
                        ", kernel ", shape_string(weight.sizes().slice(2)), ", padding ", pair_string(padding),
                        ", dilation ", pair_string(dilation), ")");
+  // Bound the products the kernels form from the geometry (a padded plane's area times a vector width): each
+  // extent, and their product times 64, must fit in int64.
+  int64_t area = 0;
+  const bool area_fits = extent[0] >= 0 && extent[1] >= 0 && mul_fits(extent[0], extent[1], &area) &&
+                         mul_fits(area, 64, &area);
+  const int big = extent[0] < 0 || (extent[1] >= 0 && extent[0] >= extent[1]) ? 0 : 1;
+  FASTBLOCKS_CHECK_ARG(area_fits, op, largest[big],
+                       "is too large: the padded input plane (input + 2 * padding + dilation * (kernel - 1) + stride "
+                       "per dim) is too large to index in int64 (input ", shape_string(x.sizes()), ", kernel ",
+                       shape_string(weight.sizes().slice(2)), ", stride ", pair_string(stride), ", padding ",
+                       pair_string(padding), ", dilation ", pair_string(dilation), ")");
   g.out_h = span_h / g.stride_h + 1;
   g.out_w = span_w / g.stride_w + 1;
+  const std::vector<int64_t> out_sizes{g.batch, g.out_channels(), g.out_h, g.out_w};
+  int64_t out_numel = 1;
+  bool fits = true;
+  for (int64_t s : out_sizes) fits = fits && mul_fits(out_numel, s, &out_numel);
+  FASTBLOCKS_CHECK_ARG(fits, op, padding[0] > 0 || padding[1] > 0 ? "padding" : "weight",
+                       "gives an output ", shape_string(out_sizes), " of more than 2^63 - 1 elements (input ",
+                       shape_string(x.sizes()), ", weight ", shape_string(weight.sizes()), ", padding ",
+                       pair_string(padding), ")");
   g.channels_last = preferred_channel_order(x) == ChannelOrder::kLast;
   return g;
 }
@@ -62,11 +115,11 @@ DepthwiseGeometry make_geometry(const at::Tensor& x, const at::Tensor& weight, a
 ChannelOrder order_of(const DepthwiseGeometry& g) { return g.channels_last ? ChannelOrder::kLast : ChannelOrder::kFirst; }
 }  // namespace
 
-Activation parse_activation(std::string_view name, const char* op) {
+Activation parse_activation(std::string_view name, const char* op, const char* arg) {
   if (name == "none") return Activation::kNone;
   if (name == "relu") return Activation::kReLU;
   if (name == "relu6") return Activation::kReLU6;
-  FASTBLOCKS_CHECK_ARG(false, op, "activation", "must be \"none\", \"relu\" or \"relu6\", got \"", std::string(name),
+  FASTBLOCKS_CHECK_ARG(false, op, arg, "must be \"none\", \"relu\" or \"relu6\", got \"", std::string(name),
                        "\"");
   return Activation::kNone;
 }
@@ -78,7 +131,7 @@ DepthwiseForwardPlan plan_depthwise_forward(const at::Tensor& x, const at::Tenso
   const Activation act = parse_activation(activation, kForward);
   const DepthwiseGeometry g = make_geometry(x, weight, stride, padding, dilation, kForward);
   DepthwiseForwardPlan plan;
-  plan.bias = channel_param(bias, "bias", x, g.out_channels(), kForward);
+  plan.bias = channel_param(bias, "bias", x, "x", g.out_channels(), kForward);
   plan.x = to_order(x, order_of(g));
   plan.weight = weight.contiguous();
   plan.out = empty_in_order({g.batch, g.out_channels(), g.out_h, g.out_w}, x.options(), order_of(g));

@@ -12,8 +12,8 @@
 
 namespace fastblocks {
 
-// "none", "relu" or "relu6".
-Activation parse_activation(std::string_view name, const char* op);
+// "none", "relu" or "relu6"; errors name the argument `arg`.
+Activation parse_activation(std::string_view name, const char* op, const char* arg = "activation");
 
 struct DepthwiseForwardPlan {
   at::Tensor out, x, weight, bias;

@@ -10,9 +10,20 @@ ChannelOrder preferred_channel_order(const at::Tensor& x) {
   if (x.dim() < 3 || x.size(1) <= 1) {
     return ChannelOrder::kFirst;
   }
+  bool spatial = false;  // some spatial dim has size > 1
   for (int64_t d = 2; d < x.dim(); ++d) {
-    if (x.size(d) > 1 && x.stride(1) >= x.stride(d)) {
-      return ChannelOrder::kFirst;
+    if (x.size(d) > 1) {
+      spatial = true;
+      if (x.stride(1) >= x.stride(d)) return ChannelOrder::kFirst;
+    }
+  }
+  if (!spatial) {
+    // Every spatial dim has size 1: only the strides of those size-1 dims tell the orders apart. As torch's
+    // suggest_memory_format (what F.conv2d follows): channels-last only when dim 1 has a smaller stride than each
+    // of them, so a plain contiguous [N, C, 1, 1] (strides (C, 1, 1, 1)) stays NCHW and one made channels_last
+    // (strides (C, 1, C, C)) stays channels-last.
+    for (int64_t d = 2; d < x.dim(); ++d) {
+      if (x.stride(1) >= x.stride(d)) return ChannelOrder::kFirst;
     }
   }
   return ChannelOrder::kLast;

@@ -14,7 +14,8 @@ enum class ChannelOrder : int8_t {
 };
 
 // Channels-last when x has rank >= 3, more than one channel, and dim 1 has a smaller stride than every other
-// non-trivial dim but 0; else channels-first. For a dense x that is its own order, so no copy is made.
+// non-trivial dim but 0 (when every spatial dim has size 1: than every spatial dim); else channels-first. For a
+// dense x that is its own order, so no copy is made.
 ChannelOrder preferred_channel_order(const at::Tensor& x);
 bool is_dense_in_order(const at::Tensor& t, ChannelOrder order);
 at::Tensor empty_in_order(at::IntArrayRef sizes, const at::TensorOptions& options, ChannelOrder order);

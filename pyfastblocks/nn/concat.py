@@ -23,8 +23,18 @@ class BranchConcatBNReLU(nn.Module):
     def __init__(self, channels_per_branch: Sequence[int], eps: float = 1e-3, momentum: float = 0.1,
                  relu: bool = True, device=None, dtype=None) -> None:
         super().__init__()
+        if isinstance(channels_per_branch, (int, str, Tensor)) or not hasattr(channels_per_branch, "__len__"):
+            raise TypeError("BranchConcatBNReLU: argument 'channels_per_branch' must be a list of channel counts, "
+                            f"got {type(channels_per_branch).__name__}")
         if len(channels_per_branch) < 1:
             raise ValueError("BranchConcatBNReLU: argument 'channels_per_branch' must list at least one branch")
+        for i, c in enumerate(channels_per_branch):
+            if isinstance(c, bool) or not isinstance(c, int):
+                raise TypeError(f"BranchConcatBNReLU: argument 'channels_per_branch' must list ints, got "
+                                f"{type(c).__name__} at index {i}")
+            if c < 1:
+                raise ValueError(f"BranchConcatBNReLU: argument 'channels_per_branch' must list positive channel "
+                                 f"counts, got {list(channels_per_branch)}")
         self.bns = nn.ModuleList(
             nn.BatchNorm2d(c, eps=eps, momentum=momentum, device=device, dtype=dtype) for c in channels_per_branch
         )
@@ -36,6 +46,8 @@ class BranchConcatBNReLU(nn.Module):
         if len(inputs) != len(self.bns):
             raise ValueError(f"BranchConcatBNReLU: expected {len(self.bns)} inputs, got {len(inputs)}")
         for i, (x, bn) in enumerate(zip(inputs, self.bns)):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"BranchConcatBNReLU: argument 'inputs[{i}]' must be a tensor, got {type(x).__name__}")
             if x.dim() != 4 or x.size(1) != bn.num_features:
                 raise ValueError(
                     f"BranchConcatBNReLU: argument 'inputs[{i}]' must be [N, {bn.num_features}, H, W], got {tuple(x.shape)}"

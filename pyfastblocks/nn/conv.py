@@ -26,9 +26,9 @@ from .batchnorm import batchnorm_scale_bias
 ACTIVATIONS = ("none", "relu", "relu6")
 
 
-def _check_activation(activation: str, where: str) -> str:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{where}: argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
+def _check_activation(activation: str, where: str, arg: str = "activation") -> str:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"{where}: argument '{arg}' must be one of {ACTIVATIONS}, got {activation!r}")
     return activation
 
 
@@ -101,6 +101,9 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
     _check_activation(activation, "conv_bn_act")
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"conv_bn_act: argument 'conv' must be an nn.Conv2d, got {type(conv).__name__}")
+    if bn is not None and not isinstance(bn, _BatchNorm):
+        raise TypeError(f"conv_bn_act: argument 'bn' must be a BatchNorm module (nn.BatchNorm2d) or None, got "
+                        f"{type(bn).__name__}")
     if bn is not None and bn.num_features != conv.out_channels:
         raise ValueError(
             f"conv_bn_act: argument 'bn' has {bn.num_features} features, conv has {conv.out_channels} outputs"
@@ -194,6 +197,13 @@ class SeparableConv2d(nn.Module):
                  depthwise_activation: str = "none", activation: str = "none", input_relu: bool = False,
                  eps: float = 1e-5, momentum: float = 0.1, device=None, dtype=None) -> None:
         super().__init__()
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 1:
+            raise ValueError(f"SeparableConv2d: argument 'multiplier' must be an int >= 1, got {multiplier!r}")
+        if isinstance(padding, str):
+            raise ValueError("SeparableConv2d: argument 'padding' must be an int or a pair (string padding is not "
+                             "supported)")
+        self.depthwise_activation = _check_activation(depthwise_activation, "SeparableConv2d", "depthwise_activation")
+        self.activation = _check_activation(activation, "SeparableConv2d")
         kw = dict(device=device, dtype=dtype)
         mid = in_channels * multiplier
         self.depthwise = nn.Conv2d(in_channels, mid, kernel_size, stride, padding, dilation, groups=in_channels,
@@ -201,8 +211,6 @@ class SeparableConv2d(nn.Module):
         self.bn_depthwise = nn.BatchNorm2d(mid, eps, momentum, **kw) if depthwise_bn else None
         self.pointwise = nn.Conv2d(mid, out_channels, 1, bias=bias, **kw)
         self.bn_pointwise = nn.BatchNorm2d(out_channels, eps, momentum, **kw) if pointwise_bn else None
-        self.depthwise_activation = _check_activation(depthwise_activation, "SeparableConv2d")
-        self.activation = _check_activation(activation, "SeparableConv2d")
         self.input_relu = input_relu
 
     def forward(self, x: Tensor) -> Tensor:
