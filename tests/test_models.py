@@ -138,13 +138,15 @@ def assert_close_scaled(actual, expected, rtol=1e-5, rel_atol=1e-5):
 DEPTHWISE_MODELS = ["tv_mobilenet_v2", "timm_legacy_xception", "timm_xception41", "timm_mobilenetv1_100"]
 
 
+@pytest.mark.parametrize("value", ["fastblocks", "library"])
 @pytest.mark.parametrize("name", DEPTHWISE_MODELS)
-def test_eval_depthwise_fastblocks_backend(name):
-    """The depthwise convolutions on fastblocks::depthwise_conv2d (the CUDA default) instead of oneDNN."""
+def test_eval_depthwise_backends(name, value):
+    """Every depthwise convolution on fastblocks::depthwise_conv2d (the CUDA default), or on the library's
+    convolution (oneDNN), for both layouts (the CPU default "auto" picks per layout: test_eval_matches_reference)."""
     ref = reference(name).eval()
     swapped = pyfastblocks.swap(ref)
     x = torch.randn(2, 3, CASES[name].eval_size, CASES[name].eval_size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad(), depthwise_backend("fastblocks"):
+    with torch.no_grad(), depthwise_backend(value):
         expected = ref(x)
         assert_close_scaled(swapped(x), expected)
         assert_close_scaled(swapped(x.contiguous(memory_format=torch.channels_last)), expected)

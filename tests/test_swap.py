@@ -123,7 +123,7 @@ def test_torchvision_bottleneck_with_downsample():
 
 
 @pytest.mark.parametrize("inp,oup,stride,expand", [(16, 16, 1, 6), (16, 24, 2, 6), (16, 8, 1, 1)])
-@pytest.mark.parametrize("backend", ["library", "fastblocks"])
+@pytest.mark.parametrize("backend", ["library", "fastblocks", "auto"])
 def test_torchvision_inverted_residual(inp, oup, stride, expand, backend, monkeypatch):
     monkeypatch.setitem(M.DEPTHWISE_BACKEND, "cpu", backend)
     check_block(tv_mobilenetv2.InvertedResidual(inp, oup, stride, expand), randn(2, inp, 8, 8))
