@@ -49,7 +49,7 @@ def _scale_bias(bn: _BatchNorm, mean: Tensor, invstd: Tensor, acc: torch.dtype) 
 def _folded_running_stats(bn: _BatchNorm, x: Tensor) -> Tuple[Tensor, Tensor]:
     acc = accumulation_dtype(x.dtype)
     tensors = [bn.running_mean, bn.running_var] + ([bn.weight, bn.bias] if bn.affine else [])
-    cacheable = not torch.compiler.is_compiling() and not (
+    cacheable = not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not (
         torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     )
     if cacheable:

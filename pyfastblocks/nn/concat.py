@@ -62,11 +62,11 @@ class BranchConcatBNReLU(nn.Module):
         # In eval the per-branch pairs are cached objects; so is their concatenation, keyed by their identity.
         key = tuple(id(t) for pair in pairs for t in pair)
         cached = getattr(self, "_fastblocks_cat", None)
-        if not self.training and not torch.compiler.is_compiling() and cached is not None and cached[0] == key:
+        if not self.training and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and cached is not None and cached[0] == key:
             return cached[1], cached[2]
         scale = torch.cat([p[0] for p in pairs])
         bias = torch.cat([p[1] for p in pairs])
-        if not self.training and not torch.compiler.is_compiling() and all(
+        if not self.training and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and all(
             getattr(bn, "_fastblocks_folded", (None, None))[1] is pair[0] for bn, pair in zip(self.bns, pairs)
         ):
             object.__setattr__(self, "_fastblocks_cat", (key, scale, bias, pairs))

@@ -61,7 +61,7 @@ def _folded_conv_params(conv: nn.Conv2d, bn: Optional[_BatchNorm], x: Tensor) ->
         bias = conv_bias.to(accumulation_dtype(x.dtype)) if conv_bias is not None else None
         return weight.to(x.dtype), bias
     tensors = [weight] + ([conv_bias] if conv_bias is not None else [])
-    cacheable = not torch.compiler.is_compiling() and not (
+    cacheable = not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not (
         torch.is_grad_enabled() and any(t.requires_grad for t in tensors + list(bn.parameters()))
     )
     scale, shift = batchnorm_scale_bias(bn, x)  # eval: folded running statistics (itself cached)
@@ -81,13 +81,16 @@ def _folded_conv_params(conv: nn.Conv2d, bn: Optional[_BatchNorm], x: Tensor) ->
 
 
 def _mkldnn_pointwise_ok(x: Tensor, weight: Tensor) -> bool:
-    # oneDNN's fused conv + bias + activation: CPU inference only (it has no autograd), fp32/bf16.
+    # oneDNN's fused conv + bias + activation: CPU inference only (it has no autograd, no autocast rule, and cannot be
+    # traced), fp32/bf16. is_compiling() first: dynamo cannot trace mkldnn.is_available().
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
-        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and torch.backends.mkldnn.is_available()
     )
 
 
