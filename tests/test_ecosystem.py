@@ -250,11 +250,6 @@ def test_autocast_block_matches_eager_autocast(device, dtype, train):
             _close(b.grad, a.grad, 10 * AMP_TOL[dtype])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pyfastblocks/nn/conv.py: conv_bn_act's inference path (no grad, CPU) calls mkldnn._convolution_pointwise, "
-    "which has no autocast rule: a float32 input (a network's stem, e.g. ResNet conv1 -> bn1 -> relu) runs and "
-    "returns float32 under autocast; x and the folded weight need casting to torch.get_autocast_dtype('cpu') first "
-    "(or the F.conv2d path under autocast)"))
 def test_autocast_conv_bn_act_inference_no_grad_float32_input_cpu():
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(3, 8, 3, padding=1, bias=False).eval(), nn.BatchNorm2d(8).eval()
@@ -567,10 +562,7 @@ def test_compile_modules_no_graph_breaks(device, train):
 
 
 @pytest.mark.parametrize("train", [
-    pytest.param(False, id="eval", marks=pytest.mark.xfail(strict=True, reason=(
-        "pyfastblocks/nn/conv.py _mkldnn_pointwise_ok() evaluates torch.backends.mkldnn.is_available() (marked "
-        "skipped by Dynamo) before 'not torch.compiler.is_compiling()': a graph break in every CPU eval "
-        "conv_bn_act; checking is_compiling() first removes it"))),
+    pytest.param(False, id="eval"),
     pytest.param(True, id="train"),
 ])
 def test_compile_conv_bn_act_no_graph_breaks(train):
@@ -659,10 +651,6 @@ def test_jit_trace_modules_eval_without_trace_check():
         torch.testing.assert_close(traced(other), model(other))
 
 
-@pytest.mark.xfail(strict=True, raises=torch.jit.TracingCheckError, reason=(
-    "pyfastblocks/nn/batchnorm.py (and the caches in concat.py / conv.py): the eval fold cache is used while "
-    "tracing, so the first traced call records the fold and the trace check's second call records cached constants "
-    "('Graphs differed across invocations'); the caches need 'and not torch.jit.is_tracing()'"))
 def test_jit_trace_modules_eval_with_trace_check():
     model = _tiny(False, "cpu").eval()
     xin = torch.randn(2, 3, 8, 8)
@@ -671,10 +659,6 @@ def test_jit_trace_modules_eval_with_trace_check():
         torch.testing.assert_close(traced(xin), model(xin))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "pyfastblocks/nn/conv.py: conv_bn_act's CPU inference path calls mkldnn._convolution_pointwise, which "
-    "torch.jit.trace cannot record ('unsupported input list type: Scalar?'); _mkldnn_pointwise_ok() needs "
-    "'and not torch.jit.is_tracing()'"))
 def test_jit_trace_conv_bn_act_inference_cpu():
     model = _tiny(True, "cpu").eval()
     xin = torch.randn(2, 3, 8, 8)
