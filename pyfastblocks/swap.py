@@ -394,7 +394,6 @@ _FUSED_CLASSES: Dict[str, type] = {}
 
 
 def _import_class(path: str) -> type:
-    module_name, _, qualname = path.rpartition(".")
     # a qualname may be nested (Outer.Inner): find the longest importable module prefix
     parts = path.split(".")
     for cut in range(len(parts) - 1, 0, -1):
@@ -510,8 +509,8 @@ def _visit(m: nn.Module, parent: Optional[nn.Module], name: str, prefix: str, re
             try:
                 reason = ("forward is set on the instance" if "forward" in m.__dict__ else None) or (
                     None if rule.handles_hooks else _hooks_problem(m)) or rule.check(m, parent, name)
-            except AttributeError as e:  # a structure the check did not expect
-                reason = f"unexpected structure ({e})"
+            except Exception as e:  # noqa: BLE001 (a structure the check did not expect: leave the block alone)
+                reason = f"unexpected structure ({type(e).__name__}: {e})"
             if reason is None:
                 if rule.prepare is not None:
                     rule.prepare(m, parent, name)
@@ -532,14 +531,29 @@ def _visit(m: nn.Module, parent: Optional[nn.Module], name: str, prefix: str, re
 
 
 def swap(model: nn.Module, inplace: bool = False, report: bool = False):
-    """Replace the blocks of ``model`` that pyfastblocks recognizes with fused versions using the same parameters
-    and buffers (state_dict keys and values unchanged).
+    """Replace the blocks of ``model`` that pyfastblocks recognizes with fused versions that use the same
+    parameters and buffers (state_dict keys and values unchanged; ``isinstance`` with the original class holds).
 
-    Recognized (exact class, then structure checked): torchvision ``BasicBlock``/``Bottleneck``/``ResNet`` (stem),
-    timm ResNet blocks (conv+BN+act fused; the BN+add+ReLU tail fused unless SE or DropPath sit in between) and
-    stem, ``nn.Sequential`` / ``Conv2dNormActivation`` with conv -> BN -> ReLU/ReLU6 runs (VGG, MobileNet),
-    and the blocks listed in :data:`RULES`. Anything else is left untouched; a recognized block that fails a
-    check is left untouched whole, never half-swapped.
+    Recognized, by exact class and then by structure (see :data:`RULES`; the report names each):
+
+    - torchvision ``BasicBlock``/``Bottleneck``: conv+BN+ReLU fused, conv+BN+add+ReLU tail fused; ``ResNet``: the
+      stem. timm ``resnet`` ``BasicBlock``/``Bottleneck`` (any act/norm the epilogue runs, SE, DropPath,
+      DropBlock, anti-aliasing: what sits between BN and the add stays a module call, the add + ReLU is still
+      fused) and ``ResNet`` (stem).
+    - torchvision Inception ``BasicConv2d`` (and GoogLeNet's), ``InceptionA``-``E``: every branch's BN+ReLU and
+      the concat in one ``branch_concat`` (InceptionE's inner pairs included).
+    - torchvision ``InvertedResidual`` (MobileNetV2) and ``Conv2dNormActivation``; timm
+      ``DepthwiseSeparableConv`` (mobilenetv1_*) and ``EfficientNet`` (stem/head), timm ``ConvNormAct``.
+    - timm ``legacy_xception`` ``Block`` and ``Xception`` (entry/exit flow); ``xception41/65/71``
+      ``XceptionModule`` and ``SeparableConv2d``: the ReLU before a separable conv becomes the depthwise kernel's
+      input prologue or the previous pointwise conv's epilogue, the last BN takes the residual add.
+    - ``nn.Sequential`` with conv -> BatchNorm -> ReLU/ReLU6 runs (VGG features, downsample pairs).
+
+    Anything else is left untouched; a recognized block that fails a check (another norm or activation module,
+    extra children, hooks on its submodules, ``forward`` set on the instance, ...) is left untouched whole, never
+    half-swapped, and the report says why. ``TRAINING_BACKEND`` / ``DEPTHWISE_BACKEND`` in
+    :mod:`pyfastblocks.models` choose, per device, how batch statistics and depthwise convolutions run. Swap
+    before wrapping the model in DDP / DataParallel.
 
     Args:
         model: the model (any mode, device, dtype; the fused forwards follow ``model.train()``/``eval()``).

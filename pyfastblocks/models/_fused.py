@@ -271,6 +271,9 @@ def run_conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: Optional[nn.Module], act
 
 
 def _ones_zeros(owner: nn.Module, channels: int, like: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    if torch.compiler.is_compiling():
+        return (torch.ones(channels, device=like.device, dtype=dtype),
+                torch.zeros(channels, device=like.device, dtype=dtype))
     key = (channels, like.device, dtype)
     cached = owner.__dict__.get("_fastblocks_identity_affine")
     if cached is None or cached[0] != key:
@@ -375,15 +378,22 @@ def _sequential_signature(seq: nn.Sequential) -> tuple:
     return tuple((k, id(v)) for k, v in seq._modules.items())
 
 
+def cached_plan(module: nn.Module, key, compute):
+    """``compute(module)``, cached on the module (a plain attribute: not in its state_dict) while ``key`` is
+    unchanged; not cached while torch.compile traces (the plan is plain Python it then traces away)."""
+    if torch.compiler.is_compiling():
+        return compute(module)
+    cached = module.__dict__.get("_fastblocks_plan")
+    if cached is None or cached[0] != key:
+        cached = (key, compute(module))
+        object.__setattr__(module, "_fastblocks_plan", cached)
+    return cached[1]
+
+
 def fused_sequential_forward(self: nn.Sequential, x: Tensor) -> Tensor:
     """The forward of a swapped / pyfastblocks Sequential: its conv -> BN -> act runs fused. The plan is
     recomputed when the Sequential's children change (append, slicing, item assignment)."""
-    sig = _sequential_signature(self)
-    cached = self.__dict__.get("_fastblocks_plan")
-    if cached is None or cached[0] != sig:
-        cached = (sig, sequential_plan(self))
-        object.__setattr__(self, "_fastblocks_plan", cached)
-    plan = cached[1]
+    plan = cached_plan(self, _sequential_signature(self), sequential_plan)
     mods = self._modules
     if plan is None:
         for m in mods.values():

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ._fused import act_name, bn_act, conv_bn_act, conv_bn_add, norm_act, plain_conv, run_conv_norm_act
+from ._fused import (act_name, bn_act, compose_acts, conv_bn_act, conv_bn_add, norm_act, plain_conv,
+                     run_conv_norm_act)
 
 
 def _is_identity(m: Optional[nn.Module]) -> bool:
@@ -69,8 +70,7 @@ def _stem(x: Tensor, conv: nn.Module, norm: nn.Module, act: Optional[nn.Module])
     x = conv(x)
     spec = norm_act(norm)
     a = act_name(act)
-    if spec is not None and spec[0] is not None and a is not None:
-        from ._fused import compose_acts
+    if spec is not None and spec[0] is not None and compose_acts(spec[1], a) is not None:
         return bn_act(x, spec[0], compose_acts(spec[1], a))
     x = norm(x)
     return act(x) if act is not None else x

@@ -15,8 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._fused import (act_name, compose_acts, conv_bn_act, conv_bn_add, load_weights, norm_act,
+from ._fused import (act_name, cached_plan, compose_acts, conv_bn_act, conv_bn_add, load_weights, norm_act,
                      run_conv_norm_act)
+
+
+def _children_key(seq: nn.Module) -> tuple:
+    return tuple((k, id(v)) for k, v in seq._modules.items())
 
 __all__ = ["Xception", "xception"]
 
@@ -55,11 +59,7 @@ def legacy_block_plan(rep: nn.Sequential) -> Optional[Tuple[List[Tuple[str, str,
 
 
 def legacy_block_forward(self, inp: Tensor) -> Tensor:
-    cached = self.__dict__.get("_fastblocks_plan")
-    if cached is None:
-        cached = legacy_block_plan(self.rep)
-        object.__setattr__(self, "_fastblocks_plan", cached)
-    stages, pool = cached
+    stages, pool = cached_plan(self, _children_key(self.rep), lambda m: legacy_block_plan(m.rep))
     mods = self.rep._modules
     skip = self.skip is not None
     h = inp
@@ -237,10 +237,7 @@ def aligned_module_plan(stack: nn.Sequential) -> Optional[List[Tuple[str, bool]]
 
 
 def aligned_module_forward(self, x: Tensor) -> Tensor:
-    cached = self.__dict__.get("_fastblocks_plan")
-    if cached is None:
-        cached = aligned_module_plan(self.stack)
-        object.__setattr__(self, "_fastblocks_plan", cached)
+    cached = cached_plan(self, _children_key(self.stack), lambda m: aligned_module_plan(m.stack))
     mods = self.stack._modules
     h = x
     last = len(cached) - 1
