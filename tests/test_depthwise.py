@@ -250,3 +250,12 @@ def test_bad_input_names_the_argument(arg, kwargs, expected):
 def test_bad_pair_argument():
     with pytest.raises(ValueError, match="'stride'"):
         ops.depthwise_conv2d(torch.randn(1, 2, 4, 4), torch.randn(2, 1, 3, 3), stride=(1, 2, 3))
+
+
+def test_huge_padding_takes_the_generic_path():
+    """A padding far larger than the input would make the fast path's padded scratch huge: the generic path runs
+    instead, with the same result."""
+    x = torch.randn(1, 2, 3, 3)
+    w = torch.randn(2, 1, 3, 3)
+    y = ops.depthwise_conv2d(x, w, None, 1, 2100, 1, "relu")
+    torch.testing.assert_close(y, F.relu(F.conv2d(x, w, None, 1, 2100, 1, 2)))

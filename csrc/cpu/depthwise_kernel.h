@@ -21,8 +21,14 @@ namespace depthwise_detail {
 
 // The fast paths (cpu/depthwise_fast_kernel.h) compute in float: float, half and bfloat16 data; NHWC with
 // channel multiplier 1. float64 and NHWC with m > 1 take the generic path.
+// Their per-thread scratch holds a padded input plane (NCHW) or row band (NHWC): a padding far larger than the
+// input would make it huge, so such geometries take the generic path too.
 inline bool has_fast_path(c10::ScalarType dtype, const DepthwiseGeometry& g) {
-  return dtype != at::kDouble && (!g.channels_last || g.multiplier == 1);
+  const int64_t padded_h = g.in_h + 2 * g.pad_h + (g.kernel_h - 1) * g.dil_h;
+  const int64_t padded_w = g.in_w + 2 * g.pad_w + (g.kernel_w - 1) * g.dil_w + 64 * g.stride_w;
+  const bool scratch_fits = padded_h <= (int64_t{1} << 24) && padded_w <= (int64_t{1} << 24) &&
+                            padded_h * padded_w <= (int64_t{1} << 24);
+  return dtype != at::kDouble && (!g.channels_last || g.multiplier == 1) && scratch_fits;
 }
 
 template <typename T, Activation A, bool INPUT_RELU>
