@@ -780,20 +780,11 @@ def _close_scaled(got, want, tol, what):
                                msg=lambda m: f"{what}: {m}")
 
 
-_EVAL_BREAK = pytest.mark.xfail(strict=True, reason=(
-    "graph break in every CPU eval conv -> BN -> act: pyfastblocks/models/_fused.py _onednn_ok() and "
-    "pyfastblocks/nn/conv.py _mkldnn_pointwise_ok() call torch.backends.mkldnn.is_available() (skipped by Dynamo) "
-    "before 'not torch.compiler.is_compiling()'; checking is_compiling() first removes it"))
-# BatchNorm-free convolutions (VGG-16; Xception's depthwise convs) take the eval (folded) path in training too
-_TRAIN_BREAK = {"native_xception", "native_vgg16", "swap_timm_legacy_xception"}
-
-
 def _model_params():
     params = []
     for name in MODEL_CASES:
-        params.append(pytest.param(name, False, id=f"{name}-eval", marks=_EVAL_BREAK))
-        params.append(pytest.param(name, True, id=f"{name}-train",
-                                   marks=[_EVAL_BREAK] if name in _TRAIN_BREAK else []))
+        params.append(pytest.param(name, False, id=f"{name}-eval"))
+        params.append(pytest.param(name, True, id=f"{name}-train"))
     return params
 
 

@@ -150,13 +150,16 @@ def _batchnorm(bn: _BatchNorm, y: Tensor) -> Tensor:
 
 
 def _onednn_ok(x: Tensor, *tensors: Tensor) -> bool:
-    """oneDNN's fused convolution post-ops: CPU inference (no autograd) in fp32/bf16."""
+    """oneDNN's fused convolution post-ops: CPU inference (no autograd, no autocast rule, not traceable) in
+    fp32/bf16. is_compiling() first: dynamo cannot trace mkldnn.is_available()."""
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
-        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + tensors))
+        and torch.backends.mkldnn.is_available()
     )
 
 
