@@ -176,6 +176,19 @@ def test_conv2d_norm_activation_and_sequential():
     check_block(seq, randn(2, 8, 8, 8))
 
 
+def test_eval_tails_without_onednn(monkeypatch):
+    """The eval residual tails off CPU (CUDA, or a CPU without oneDNN): the bare convolution, then the folded
+    BatchNorm + add (+ ReLU) as one fastblocks::add_relu, instead of oneDNN's convolution with add post-op."""
+    import pyfastblocks.models._fused as fused_module
+    from timm.models.xception import Block
+
+    monkeypatch.setattr(fused_module, "_onednn_ok", lambda *tensors: False)
+    down = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
+    check_block(tv_resnet.Bottleneck(16, 8, stride=2, downsample=down), randn(2, 16, 16, 16), train=False)
+    check_block(tv_mobilenetv2.InvertedResidual(16, 16, 1, 6), randn(2, 16, 8, 8), train=False)
+    check_block(Block(16, 24, 2, 2), randn(2, 16, 9, 9), train=False)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # timm blocks
 
