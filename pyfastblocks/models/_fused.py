@@ -13,7 +13,7 @@ never change) and run:
   its own; elsewhere (training, CUDA): the bare convolution, then BN + add + ReLU as one ``fastblocks::add_relu``
   pass (training uses the batch statistics, running stats updated as BatchNorm does).
 - in training, :data:`TRAINING_BACKEND` picks per device how the batch statistics run (fused, or ATen's
-  batch_norm followed by the fused add/ReLU/concat).
+  batch_norm followed by the eager activation / add / concat).
 - ``bn_act``: a BatchNorm + activation alone (one ``affine_relu`` pass).
 - ``concat_tail``: the tail of an Inception module: each branch's last convolution, un-normalized, goes into one
   ``fastblocks::branch_concat`` with every branch's BatchNorm laid end to end.
@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .. import ops
 from ..nn import batchnorm_scale_bias, is_depthwise
 from ..nn import conv_bn_act as _nn_conv_bn_act
-from ..nn.conv import _folded_conv_params
+from ..nn.conv import _folded_conv_params, onednn_inference_ok
 
 # How a depthwise convolution runs, per device type: "fastblocks" (fastblocks::depthwise_conv2d, BN and
 # activation in its epilogue, input ReLU in its prologue), "library" (PyTorch's convolution with groups=C: on
@@ -44,8 +44,10 @@ DEPTHWISE_BACKEND: Dict[str, str] = {"cpu": "auto", "cuda": "fastblocks"}
 # scale/bias pair by pyfastblocks.nn.batchnorm_scale_bias, then normalize + activation (+ add, + concat) as one
 # fused pass) or "eager" (ATen's batch_norm, then the activation in place, or the add + ReLU / ReLU + concat as one
 # fused pass). The CPU default is "eager": there the fused training path is 0.66-0.8x the eager model (the batch
-# statistics cost torch.var_mean, 3-15x slower than ATen's batch_norm forward, and its composite backward; see the
-# report of issue 5). Eval never uses batch statistics and is always fused.
+# statistics cost torch.var_mean, 3-15x slower than ATen's batch_norm forward, and its composite backward; and
+# the backward of add_relu / branch_concat is 15-25% slower there than eager's add_ + relu_; see the report of
+# issue 5), so "eager" runs a training step as the original model does. Eval never uses batch statistics and is
+# always fused.
 TRAINING_BACKEND: Dict[str, str] = {"cpu": "eager", "cuda": "fastblocks"}
 
 TIMM_BN_ACT = "timm.layers.norm_act.BatchNormAct2d"
@@ -149,18 +151,7 @@ def _batchnorm(bn: _BatchNorm, y: Tensor) -> Tensor:
     return _BatchNorm.forward(bn, y)
 
 
-def _onednn_ok(x: Tensor, *tensors: Tensor) -> bool:
-    """oneDNN's fused convolution post-ops: CPU inference (no autograd, no autocast rule, not traceable) in
-    fp32/bf16. is_compiling() first: dynamo cannot trace mkldnn.is_available()."""
-    return (
-        not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and not torch.is_autocast_enabled("cpu")
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + tensors))
-        and torch.backends.mkldnn.is_available()
-    )
+_onednn_ok = onednn_inference_ok  # one rule for nn.conv_bn_act and the models
 
 
 _ONEDNN_ACT = {"none": (None, []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}
@@ -238,7 +229,9 @@ def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: 
     else:
         y = conv._conv_forward(x, conv.weight, conv.bias)
     if _eager_batch_stats(bn, x):
-        return ops.add_relu(_batchnorm(bn, y), residual, relu=relu)
+        y = _batchnorm(bn, y)
+        y += residual  # in training the fused add_relu's backward is slower on CPU than these eager passes
+        return torch.relu_(y) if relu else y
     if bn is None:
         return ops.add_relu(y, residual, relu=relu)
     scale, shift = batchnorm_scale_bias(bn, y)
@@ -293,7 +286,9 @@ def concat_tail(owner: nn.Module, inputs: Sequence[Tensor], bns: Sequence[Option
     In eval the folded pairs of the BatchNorms are cached by ``batchnorm_scale_bias``; their concatenation is
     cached on ``owner`` while those cached pairs are the same objects."""
     if any(_eager_batch_stats(bn, x) for x, bn in zip(inputs, bns)):
-        return ops.branch_concat([x if bn is None else _batchnorm(bn, x) for x, bn in zip(inputs, bns)], relu=relu)
+        ys = [x if bn is None else _batchnorm(bn, x) for x, bn in zip(inputs, bns)]
+        return torch.cat([torch.relu_(y) if relu and bn is not None else (torch.relu(y) if relu else y)
+                          for y, bn in zip(ys, bns)], 1)
     pairs = []
     for x, bn in zip(inputs, bns):
         if bn is None:

@@ -80,16 +80,17 @@ def _folded_conv_params(conv: nn.Conv2d, bn: Optional[_BatchNorm], x: Tensor) ->
     return folded_weight, folded_bias
 
 
-def _mkldnn_pointwise_ok(x: Tensor, weight: Tensor) -> bool:
-    # oneDNN's fused conv + bias + activation: CPU inference only (it has no autograd, no autocast rule, and cannot be
-    # traced), fp32/bf16. is_compiling() first: dynamo cannot trace mkldnn.is_available().
+def onednn_inference_ok(x: Tensor, *tensors: Tensor) -> bool:
+    """May oneDNN's fused convolution (+ bias + activation post-ops) run? CPU inference only (it has no autograd,
+    no autocast rule, and cannot be traced), fp32/bf16. is_compiling() first: dynamo cannot trace
+    mkldnn.is_available()."""
     return (
         not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and not torch.is_autocast_enabled("cpu")
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + tensors))
         and torch.backends.mkldnn.is_available()
     )
 
@@ -133,7 +134,7 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
         y = conv._conv_forward(x, weight, None if bias is None else bias.to(x.dtype))
         return _apply_activation(y, activation, inplace=True)
-    if _mkldnn_pointwise_ok(x, weight):
+    if onednn_inference_ok(x, weight):
         attr, scalars = {"none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}[activation]
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, None if bias is None else bias.to(x.dtype), list(conv.padding), list(conv.stride),
