@@ -277,8 +277,8 @@ def test_training_step_matches_reference(name):
 
 
 def test_training_step_eager_batchnorm_backend():
-    """TRAINING_BACKEND "eager" (the CPU default): ATen's batch_norm for the statistics, the fused add / ReLU /
-    concat after it: the eager step in float32, up to the order of the additions."""
+    """TRAINING_BACKEND "eager" (the CPU default): a training step runs as the original's (ATen's batch_norm,
+    eager activation / add / concat): the eager step in float32."""
     for name in ("tv_resnet18", "tv_mobilenet_v2"):
         ref = _train_reference(name)
         x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
