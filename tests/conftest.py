@@ -49,3 +49,19 @@ def pytest_report_header(config):
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+def child_process_env_and_cwd():
+    """(env, cwd) for a child Python that must import the pyfastblocks these tests import (the installed one in CI,
+    the in-place build locally): PYTHONPATH points at its parent folder and the child runs outside the source
+    tree, whose uncompiled pyfastblocks/ would otherwise shadow it."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import pyfastblocks
+
+    root = str(Path(pyfastblocks.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env, tempfile.gettempdir()

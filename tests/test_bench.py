@@ -12,6 +12,8 @@ import types
 import pytest
 import torch
 
+from conftest import child_process_env_and_cwd
+
 from pyfastblocks import bench, ops
 
 TINY = ["--device", "cpu", "--quick", "--shapes", "tiny", "--batch", "2", "--min-run-time", "0.001"]
@@ -177,7 +179,8 @@ def test_check_close_never_passes_nan():
 
 
 def test_python_dash_m_entry_point():
+    env, cwd = child_process_env_and_cwd()
     proc = subprocess.run([sys.executable, "-m", "pyfastblocks.bench", "--help"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     assert "--quick" in proc.stdout and "--out" in proc.stdout

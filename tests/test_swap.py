@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 import torch
+
+from conftest import child_process_env_and_cwd
 from torch import nn
 
 import pyfastblocks
@@ -398,7 +400,9 @@ def test_pickle_in_a_fresh_process(tmp_path):
             torch.testing.assert_close(m(d["x"]), d["expected"])
         print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    env, cwd = child_process_env_and_cwd()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                            cwd=cwd)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
 
 
