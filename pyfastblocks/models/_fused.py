@@ -34,10 +34,10 @@ from ..nn.conv import _folded_conv_params, onednn_inference_ok
 # How a depthwise convolution runs, per device type: "fastblocks" (fastblocks::depthwise_conv2d, BN and
 # activation in its epilogue, input ReLU in its prologue), "library" (PyTorch's convolution with groups=C: on
 # CPU in eval oneDNN's fused convolution + bias + activation) or "auto". "auto" (the CPU default) takes the
-# fastblocks kernel for NCHW inference and the library otherwise, as measured on MobileNet/Xception layers
-# (CPU, one thread, batch 8): NCHW eval fastblocks 4.1 ms vs oneDNN 9.9 ms summed over 12 layers (oneDNN's NCHW
-# depthwise is pathological on the wide first layers), channels_last eval 4.5 vs 3.4, training (forward +
-# backward, whose fastblocks backward is still the generic kernel) 24.9 vs 9.9 channels_last.
+# fastblocks kernel for NCHW inference on layers of fewer than 128 channels, where oneDNN's NCHW depthwise
+# convolution is slow (MobileNet's first layer, 32 x 64 x 64: 3.6 ms against 0.42 ms, 2 threads), and the library
+# everywhere else: there oneDNN is 1.2-3x faster (channels_last, wider layers, 2 threads) and the fastblocks
+# backward is still the generic kernel (training, channels_last: 24.9 ms against 9.9 ms over 7 layers).
 DEPTHWISE_BACKEND: Dict[str, str] = {"cpu": "auto", "cuda": "fastblocks"}
 
 # How a BatchNorm in training (batch statistics) runs, per device type: "fastblocks" (the statistics turned into a
@@ -191,7 +191,8 @@ def _fastblocks_depthwise(x: Tensor, weight: Optional[Tensor] = None) -> bool:
     backend = DEPTHWISE_BACKEND.get(x.device.type, "fastblocks")
     if backend == "auto":
         grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-        return not grad and not x.is_contiguous(memory_format=torch.channels_last)
+        return not grad and x.dim() == 4 and x.shape[1] < 128 and x.is_contiguous() \
+            and not x.is_contiguous(memory_format=torch.channels_last)
     return backend == "fastblocks"
 
 
