@@ -409,3 +409,20 @@ def test_pickle_in_a_fresh_process(tmp_path):
 def test_swap_rejects_non_modules():
     with pytest.raises(TypeError):
         pyfastblocks.swap(lambda x: x)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_dynamo_traces_swapped_blocks_without_graph_breaks(train):
+    """torch.compile of a swapped model: every fused forward traces into one graph (plans are not cached while
+    tracing, the ops have fake impls)."""
+    import torch._dynamo
+
+    blocks = [tv_resnet.Bottleneck(16, 4), tv_mobilenetv2.InvertedResidual(16, 16, 1, 6), tv_inception.InceptionB(16),
+              nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())]
+    model = pyfastblocks.swap(nn.Sequential(*[nn.Sequential(b) for b in blocks[:2]]))
+    for block in [model] + [pyfastblocks.swap(b) for b in blocks[2:]]:
+        block.train(train)
+        torch._dynamo.reset()
+        with torch.set_grad_enabled(train):
+            explanation = torch._dynamo.explain(block)(randn(2, 16, 9, 9))
+        assert explanation.graph_break_count == 0, explanation.break_reasons
