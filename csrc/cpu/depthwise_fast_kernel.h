@@ -214,17 +214,31 @@ void forward_nchw(const DepthwiseForwardArgs& a) {
   });
 }
 
+// The backward kernels' typed views of DepthwiseBackwardArgs.
+template <typename T>
+struct BackwardData {
+  const T* gy;
+  const T* y;
+  const T* x;
+  const T* w;
+  T* grad_input;       // null: not wanted
+  float* grad_weight;  // [C * m, taps], null: not wanted
+  float* grad_bias;    // null: not wanted
+  explicit BackwardData(const DepthwiseBackwardArgs& a)
+      : gy(static_cast<const T*>(a.grad_out)),
+        y(static_cast<const T*>(a.out)),
+        x(static_cast<const T*>(a.x)),
+        w(static_cast<const T*>(a.weight)),
+        grad_input(static_cast<T*>(a.grad_input)),
+        grad_weight(static_cast<float*>(a.grad_weight)),
+        grad_bias(static_cast<float*>(a.grad_bias)) {}
+  bool param_grads() const { return grad_weight != nullptr || grad_bias != nullptr; }
+};
+
 template <typename T, int KH, int KW, int SW>
 void backward_nchw(const DepthwiseBackwardArgs& a) {
   const DepthwiseGeometry& g = a.geo;
-  const auto* gy = static_cast<const T*>(a.grad_out);
-  const auto* y = static_cast<const T*>(a.out);
-  const auto* x = static_cast<const T*>(a.x);
-  const auto* w = static_cast<const T*>(a.weight);
-  auto* grad_input = static_cast<T*>(a.grad_input);
-  auto* grad_weight = static_cast<float*>(a.grad_weight);
-  auto* grad_bias = static_cast<float*>(a.grad_bias);
-  const bool param_grads = grad_weight != nullptr || grad_bias != nullptr;
+  const BackwardData<T> io(a);
   const Taps<KH, KW> taps{g.kernel_h, g.kernel_w};
   const int64_t T_ = g.taps(), m = g.multiplier, in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   const int64_t ld = plane_ld(g.in_w + 2 * g.pad_w, g.out_w, g.stride_w, (g.kernel_w - 1) * g.dil_w);
@@ -236,8 +250,8 @@ void backward_nchw(const DepthwiseBackwardArgs& a) {
   at::parallel_for(0, g.channels, 1, [&](int64_t lo, int64_t hi) {
     PlaneScratch xs, gs;
     xs.init(g.in_h + 2 * g.pad_h, ld);
-    if (grad_input) gs.init(srows, sld);
-    std::vector<float> gbuf(static_cast<size_t>(g.out_h * gld), 0.f), gi(grad_input ? in_plane : 0);
+    if (io.grad_input) gs.init(srows, sld);
+    std::vector<float> gbuf(static_cast<size_t>(g.out_h * gld), 0.f), gi(io.grad_input ? in_plane : 0);
     std::vector<Vec> wflip(static_cast<size_t>(T_));
     std::vector<Vec> acc_w(static_cast<size_t>(m * T_)), acc_b(static_cast<size_t>(m));
     for (int64_t ic = lo; ic < hi; ++ic) {
@@ -245,18 +259,18 @@ void backward_nchw(const DepthwiseBackwardArgs& a) {
       std::fill(acc_b.begin(), acc_b.end(), Vec(0.f));
       for (int64_t n = 0; n < g.batch; ++n) {
         const int64_t xplane = n * g.channels + ic;
-        if (param_grads) xs.fill(x + xplane * in_plane, g.in_h, g.in_w, g.pad_h, g.pad_w, a.input_relu);
-        if (grad_input) std::fill(gi.begin(), gi.end(), 0.f);
+        if (io.param_grads()) xs.fill(io.x + xplane * in_plane, g.in_h, g.in_w, g.pad_h, g.pad_w, a.input_relu);
+        if (io.grad_input) std::fill(gi.begin(), gi.end(), 0.f);
         for (int64_t j = 0; j < m; ++j) {
           const int64_t oc = ic * m + j;
           const int64_t oplane = (n * g.out_channels() + oc) * out_plane;
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
             for (int64_t ow = 0; ow < g.out_w; ++ow) {
               const int64_t o = oplane + oh * g.out_w + ow;
-              gbuf[oh * gld + ow] = activation_grad_rt(static_cast<float>(gy[o]), static_cast<float>(y[o]), a.activation);
+              gbuf[oh * gld + ow] = activation_grad_rt(static_cast<float>(io.gy[o]), static_cast<float>(io.y[o]), a.activation);
             }
           }
-          if (param_grads) {
+          if (io.param_grads()) {
             Vec* aw = acc_w.data() + j * T_;
             for (int64_t oh = 0; oh < g.out_h; ++oh) {
               const float* rows = xs.data.data() + oh * g.stride_h * ld;
@@ -273,7 +287,7 @@ void backward_nchw(const DepthwiseBackwardArgs& a) {
               }
             }
           }
-          if (grad_input) {
+          if (io.grad_input) {
             for (int64_t oh = 0; oh < g.out_h; ++oh) {
               const int64_t r = oh * g.stride_h + sc.row_off;
               if (r < 0 || r >= srows) continue;
@@ -282,7 +296,7 @@ void backward_nchw(const DepthwiseBackwardArgs& a) {
                 if (c >= 0 && c < sld) gs.data[r * sld + c] = gbuf[oh * gld + ow];
               }
             }
-            for (int64_t t = 0; t < T_; ++t) wflip[t] = Vec(static_cast<float>(w[oc * T_ + T_ - 1 - t]));
+            for (int64_t t = 0; t < T_; ++t) wflip[t] = Vec(static_cast<float>(io.w[oc * T_ + T_ - 1 - t]));
             correlate_plane<KH, KW, 1>(gs.data.data(), sld, taps, 1, 1, g.dil_h, g.dil_w, wflip.data(), g.in_h,
                                        g.in_w, [&](int64_t ih, int64_t iw0, const Vec& acc) {
                                          float* p = gi.data() + ih * g.in_w + iw0;
@@ -291,9 +305,9 @@ void backward_nchw(const DepthwiseBackwardArgs& a) {
                                        });
           }
         }
-        if (grad_input) {
-          const T* xp = x + xplane * in_plane;
-          T* gp = grad_input + xplane * in_plane;
+        if (io.grad_input) {
+          const T* xp = io.x + xplane * in_plane;
+          T* gp = io.grad_input + xplane * in_plane;
           for (int64_t i = 0; i < in_plane; ++i) {
             float v = gi[i];
             if (a.input_relu) v = static_cast<float>(xp[i]) > 0.f ? v : 0.f;
@@ -303,10 +317,10 @@ void backward_nchw(const DepthwiseBackwardArgs& a) {
       }
       for (int64_t j = 0; j < m; ++j) {
         const int64_t oc = ic * m + j;
-        if (grad_weight) {
-          for (int64_t t = 0; t < T_; ++t) grad_weight[oc * T_ + t] = sum_lanes(acc_w[j * T_ + t]);
+        if (io.grad_weight) {
+          for (int64_t t = 0; t < T_; ++t) io.grad_weight[oc * T_ + t] = sum_lanes(acc_w[j * T_ + t]);
         }
-        if (grad_bias) grad_bias[oc] = sum_lanes(acc_b[j]);
+        if (io.grad_bias) io.grad_bias[oc] = sum_lanes(acc_b[j]);
       }
     }
   });
@@ -464,14 +478,7 @@ void forward_nhwc(const DepthwiseForwardArgs& a) {
 template <typename T, int KH, int KW>
 void backward_nhwc(const DepthwiseBackwardArgs& a) {
   const DepthwiseGeometry& g = a.geo;
-  const auto* gy = static_cast<const T*>(a.grad_out);
-  const auto* y = static_cast<const T*>(a.out);
-  const auto* x = static_cast<const T*>(a.x);
-  const auto* w = static_cast<const T*>(a.weight);
-  auto* grad_input = static_cast<T*>(a.grad_input);
-  auto* grad_weight = static_cast<float*>(a.grad_weight);
-  auto* grad_bias = static_cast<float*>(a.grad_bias);
-  const bool param_grads = grad_weight != nullptr || grad_bias != nullptr;
+  const BackwardData<T> io(a);
   const Taps<KH, KW> taps{g.kernel_h, g.kernel_w};
   const int64_t C = g.channels, blocks = ceil_div(C, kL), T_ = g.taps();
   const int64_t srows = g.in_h + (g.kernel_h - 1) * g.dil_h, scols = g.in_w + (g.kernel_w - 1) * g.dil_w;
@@ -481,11 +488,11 @@ void backward_nhwc(const DepthwiseBackwardArgs& a) {
     BlockScratch xs, gb, gs;
     xs.init(g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w);
     gb.init(g.out_h, g.out_w);
-    if (grad_input) gs.init(srows, scols);
+    if (io.grad_input) gs.init(srows, scols);
     std::vector<Vec> wflip(static_cast<size_t>(T_)), acc_w(static_cast<size_t>(T_));
     for (int64_t blk = lo; blk < hi; ++blk) {
       const int64_t c0 = blk * kL, cnt = std::min(kL, C - c0);
-      if (grad_input) block_weights(w, T_, c0, cnt, true, wflip);
+      if (io.grad_input) block_weights(io.w, T_, c0, cnt, true, wflip);
       std::fill(acc_w.begin(), acc_w.end(), Vec(0.f));
       Vec acc_b(0.f);
       for (int64_t n = 0; n < g.batch; ++n) {
@@ -494,11 +501,11 @@ void backward_nhwc(const DepthwiseBackwardArgs& a) {
           float* d = gb.data.data() + p * kL;
           for (int64_t l = 0; l < cnt; ++l) {
             const int64_t o = ooff + p * C + l;
-            d[l] = activation_grad_rt(static_cast<float>(gy[o]), static_cast<float>(y[o]), a.activation);
+            d[l] = activation_grad_rt(static_cast<float>(io.gy[o]), static_cast<float>(io.y[o]), a.activation);
           }
         }
-        const T* img = x + n * g.in_h * g.in_w * C;
-        if (param_grads) {
+        const T* img = io.x + n * g.in_h * g.in_w * C;
+        if (io.param_grads()) {
           xs.fill(img, g.in_h, g.in_w, C, c0, cnt, g.pad_h, g.pad_w, a.input_relu);
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
             for (int64_t ow = 0; ow < g.out_w; ++ow) {
@@ -514,7 +521,7 @@ void backward_nhwc(const DepthwiseBackwardArgs& a) {
             }
           }
         }
-        if (grad_input) {
+        if (io.grad_input) {
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
             const int64_t r = oh * g.stride_h + sc.row_off;
             if (r < 0 || r >= srows) continue;
@@ -523,7 +530,7 @@ void backward_nhwc(const DepthwiseBackwardArgs& a) {
               if (c >= 0 && c < scols) Vec::loadu(gb.at(oh, ow)).store(gs.at(r, c));
             }
           }
-          T* gi = grad_input + n * g.in_h * g.in_w * C + c0;
+          T* gi = io.grad_input + n * g.in_h * g.in_w * C + c0;
           const T* xi = img + c0;
           for (int64_t ih = 0; ih < g.in_h; ++ih) {
             correlate_row_nhwc<KH, KW, 1>(gs.at(ih, 0), gs.cols * kL, taps, 1, g.dil_h, g.dil_w, wflip.data(),
@@ -543,13 +550,13 @@ void backward_nhwc(const DepthwiseBackwardArgs& a) {
         }
       }
       alignas(64) float lanes[kL];
-      for (int64_t t = 0; t < T_ && grad_weight; ++t) {
+      for (int64_t t = 0; t < T_ && io.grad_weight; ++t) {
         acc_w[t].store(lanes);
-        for (int64_t l = 0; l < cnt; ++l) grad_weight[(c0 + l) * T_ + t] = lanes[l];
+        for (int64_t l = 0; l < cnt; ++l) io.grad_weight[(c0 + l) * T_ + t] = lanes[l];
       }
-      if (grad_bias) {
+      if (io.grad_bias) {
         acc_b.store(lanes);
-        for (int64_t l = 0; l < cnt; ++l) grad_bias[c0 + l] = lanes[l];
+        for (int64_t l = 0; l < cnt; ++l) io.grad_bias[c0 + l] = lanes[l];
       }
     }
   });
