@@ -48,6 +48,10 @@ fi
 
 step "benchmark kernels (fp16/bf16 channels_last)"
 timeout 150 $PY -m pyfastblocks.bench --sections kernels --out /tmp/bench_kernels 2>&1 | grep -v "it/s" | tail -40 | tee -a "$LOG"
+step "benchmark depthwise fp32 NCHW"
+timeout 90 $PY -m pyfastblocks.bench --sections kernels --ops depthwise_conv2d --dtype fp32 --layout nchw \
+  --no-compile --out /tmp/bench_depthwise_fp32 2>&1 | grep -v "it/s" | tail -25 | tee -a "$LOG"
+[ -f /tmp/bench_depthwise_fp32/results.md ] && cp /tmp/bench_depthwise_fp32/results.md "$OUT/bench_depthwise_fp32.md"
 if [ "$QUICK" != 1 ]; then
   step "benchmark models (quick: small batch, not compiled)"
   timeout 120 $PY -m pyfastblocks.bench --quick --sections models --out /tmp/bench_models 2>&1 | grep -v "it/s" | tail -20 | tee -a "$LOG"

@@ -33,12 +33,19 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             for args in [(s, b), (None, None), (s, None), (None, b)]:
                 for relu in (True, False):
                     ops.branch_concat(xs, *args, relu=relu).sum().backward()
+    # Depthwise: every tiled program (3x3/5x5 at stride 1 and 2, dynamic shapes, NHWC vector and scalar, several
+    # tiles, planes per block and weight-gradient chunks) and the generic kernels (multiplier 2 in NHWC, float64).
+    depthwise_cases = (((3, 3), 1, 1, 1, 1), ((5, 3), 2, (2, 0), (1, 2), 2), ((3, 3), 2, 1, 1, 1),
+                       ((5, 5), 1, 2, 1, 1), ((5, 5), 2, 2, 1, 1), ((7, 7), 1, 3, 1, 1))
     for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(2, 6, 9, 8, device="cuda", dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
-        for kernel, stride, padding, dilation, m in (((3, 3), 1, 1, 1, 1), ((5, 3), 2, (2, 0), (1, 2), 2)):
-            w = torch.randn(6 * m, 1, *kernel, device="cuda", dtype=dtype).requires_grad_()
-            b = torch.randn(6 * m, device="cuda", dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-            for act, input_relu in (("none", False), ("relu6", True)):
-                ops.depthwise_conv2d(x, w, b.requires_grad_(), stride, padding, dilation, act, input_relu).sum().backward()
+        for shape in ((2, 6, 9, 8), (2, 16, 37, 70), (1, 8, 3, 2)):
+            c = shape[1]
+            x = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+            for kernel, stride, padding, dilation, m in depthwise_cases:
+                w = torch.randn(c * m, 1, *kernel, device="cuda", dtype=dtype).requires_grad_()
+                b = torch.randn(c * m, device="cuda", dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+                for act, input_relu in (("none", False), ("relu6", True)):
+                    y = ops.depthwise_conv2d(x, w, b.requires_grad_(), stride, padding, dilation, act, input_relu)
+                    y.sum().backward()
 torch.cuda.synchronize()
 print("sanitizer workload done")

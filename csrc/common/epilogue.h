@@ -46,6 +46,18 @@ C10_HOST_DEVICE inline V activation_grad(V grad, V out) {
   }
 }
 
+// Run-time activation, for kernels where the activation is applied once per output and a template parameter
+// would only multiply the instantiations.
+template <typename V>
+C10_HOST_DEVICE inline V activate(Activation a, V v) {
+  return a == Activation::kReLU ? ElementMath<V>::relu(v) : (a == Activation::kReLU6 ? ElementMath<V>::relu6(v) : v);
+}
+template <typename V>
+C10_HOST_DEVICE inline V activation_grad(Activation a, V grad, V out) {
+  return a == Activation::kReLU ? ElementMath<V>::relu_grad(grad, out)
+                                : (a == Activation::kReLU6 ? ElementMath<V>::relu6_grad(grad, out) : grad);
+}
+
 // act(v * scale + bias + addend): the whole fused tail of a block.
 template <Activation A, typename V>
 C10_HOST_DEVICE inline V epilogue(V v, V scale, V bias, V addend) {

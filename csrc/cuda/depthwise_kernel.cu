@@ -1,7 +1,12 @@
-// CUDA kernels of fastblocks::depthwise_conv2d, the generic path: one thread per output (forward) or per input
-// (input gradient, gathered: no atomics), one block per (output channel, tap) for the weight and bias gradients
-// (deterministic block sums). Every value comes from the C10_HOST_DEVICE math of common/depthwise.h that the
-// CPU kernels share. Tiled fast paths (shared-memory halos, several outputs per thread) are still to come.
+// CUDA kernels of fastblocks::depthwise_conv2d.
+// - Tiled programs (common/depthwise_tiled.h) for float, half and bfloat16: shared-memory halo tiles and several
+//   outputs per thread for NCHW, 16-byte channel vectors and a column strip per thread for NHWC, gathered input
+//   gradients and chunked, fixed-order weight/bias gradient sums. One kernel template runs any program: its phases
+//   with a block barrier after each. The CPU emulator runs the same programs in the tests.
+// - The generic path for the rest (float64; NHWC with a channel multiplier; weight gradients of kernels other than
+//   3x3 and 5x5): one thread per output (forward) or per input (input gradient, gathered: no atomics), one block
+//   per (output channel, tap) for the weight and bias gradients (deterministic block sums). Its values come from
+//   the C10_HOST_DEVICE math of common/depthwise.h that the CPU kernels share.
 #include "cuda/epilogue.cuh"
 #include "cuda/launchers.h"
 
@@ -10,6 +15,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/depthwise.h"
+#include "common/depthwise_tiled.h"
 #include "common/switch.h"
 
 namespace fastblocks::cuda {
@@ -73,9 +79,38 @@ unsigned grid_for(int64_t numel) {
   return static_cast<unsigned>(std::clamp<int64_t>(ceil_div(numel, kThreads), 1, int64_t(1) << 30));
 }
 
+// Any tiled program: each block runs the program's phases with a barrier after each (the barrier also guards the
+// shared memory between the blocks a grid-stride loop gives one CUDA block).
+template <class Program>
+__global__ void __launch_bounds__(tiled::kBlockThreads)
+    tiled_program_kernel(const Program program, int64_t blocks, int64_t shared_floats) {
+  extern __shared__ float shared[];
+  const tiled::Shared smem{shared, shared_floats};
+  for (int64_t block = blockIdx.x; block < blocks; block += gridDim.x) {
+    typename Program::State state{};
+#pragma unroll
+    for (int phase = 0; phase < Program::kPhases; ++phase) {
+      program.phase(phase, block, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x), smem, state);
+      __syncthreads();
+    }
+  }
+}
+
+template <class Program>
+void launch_program(const Program& program, cudaStream_t stream) {
+  const int64_t blocks = program.blocks();
+  if (blocks == 0) return;
+  const int64_t shared_floats = program.shared_floats();
+  const auto grid = static_cast<unsigned>(std::min<int64_t>(blocks, int64_t(1) << 30));
+  tiled_program_kernel<Program><<<grid, program.threads(), static_cast<size_t>(shared_floats) * sizeof(float), stream>>>(
+      program, blocks, shared_floats);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 void launch_depthwise_forward(const DepthwiseForwardArgs& a, cudaStream_t stream) {
+  if (tiled::with_forward_program(a, [&](const auto& program) { launch_program(program, stream); })) return;
   dispatch_dtype(a.dtype, "fastblocks::depthwise_conv2d", [&](auto zero) {
     using T = decltype(zero);
     FASTBLOCKS_ACTIVATION_SWITCH(a.activation, A, [&] {
@@ -92,6 +127,11 @@ void launch_depthwise_forward(const DepthwiseForwardArgs& a, cudaStream_t stream
 }
 
 void launch_depthwise_backward(const DepthwiseBackwardArgs& a, cudaStream_t stream) {
+  const auto launch = [&](const auto& program) { launch_program(program, stream); };
+  const bool input_done = a.grad_input == nullptr || tiled::with_input_grad_program(a, launch);
+  const bool params_done =
+      (a.grad_weight == nullptr && a.grad_bias == nullptr) || tiled::with_param_grad_programs(a, launch);
+  if (input_done && params_done) return;
   dispatch_dtype(a.dtype, "fastblocks::depthwise_conv2d_backward", [&](auto zero) {
     using T = decltype(zero);
     using acc = acc_t<T>;
@@ -101,13 +141,13 @@ void launch_depthwise_backward(const DepthwiseBackwardArgs& a, cudaStream_t stre
         const auto* gy = static_cast<const T*>(a.grad_out);
         const auto* y = static_cast<const T*>(a.out);
         const auto* x = static_cast<const T*>(a.x);
-        if (a.grad_input != nullptr) {
+        if (!input_done) {
           depthwise_input_grad_kernel<T, A, INPUT_RELU>
               <<<grid_for(g.batch * g.channels * g.in_h * g.in_w), kThreads, 0, stream>>>(
                   gy, y, x, static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), g);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
-        if (a.grad_weight != nullptr || a.grad_bias != nullptr) {
+        if (!params_done) {
           const int64_t first_tap = a.grad_weight != nullptr ? 0 : g.taps();
           const int64_t last_tap = a.grad_bias != nullptr ? g.taps() : g.taps() - 1;
           const dim3 grid(static_cast<unsigned>(g.out_channels()), static_cast<unsigned>(last_tap - first_tap + 1));

@@ -1,0 +1,884 @@
+// The tiled depthwise-convolution programs of the CUDA backend, written as C10_HOST_DEVICE code so that the CPU can
+// run them too.
+//
+// A program is a block's work split into phases separated by block barriers: the CUDA kernel runs
+// `phase(k, block, thread, ...)` for every thread of a block with __syncthreads() between phases
+// (cuda/depthwise_kernel.cu); the emulator (cpu/depthwise_tiled_emulation.cpp, a test hook) runs the same phases
+// thread by thread on the CPU with NaN-filled, bounds-checked shared memory, so the CPU tests check the exact
+// tiling, indexing and arithmetic the GPU runs (tests/test_depthwise_tiled.py).
+//
+// Programs (float, half, bfloat16; float32 accumulation; the generic kernels keep float64 and the cases below):
+//   NchwForward     a block = `planes` (n, oc) planes x a tile of outputs; the input halo tile (input ReLU and zero
+//                   padding applied) is staged in shared memory as float; each thread computes kRows outputs of one
+//                   column with the kernel's weights in registers; the epilogue (bias + activation) on the way out.
+//   NhwcForward     a thread = VEC channels (one 16-byte load) x kCols outputs of one row; taps x channels weights
+//                   (weight_by_tap) make each tap's VEC weights one load; multiplier 1.
+//   NchwInputGrad   the transposed convolution as a gather: the activation-masked grad_out tile of the m output
+//                   planes of an input plane staged in shared memory; no atomics.
+//   NhwcInputGrad   one input pixel x VEC channels per thread, gathered from grad_out; multiplier 1.
+//   Nchw/NhwcParamGrad  weight and bias gradients of one channel (block of 32 channels) over a chunk of the batch's
+//                   positions, all taps at once, reduced in the block in a fixed order into per-chunk partials;
+//   ParamGradFinish sums the partials over the chunks in order. Deterministic always, and independent of the device
+//                   (chunking depends on the shape only).
+// Kernel size and stride are compile-time for 3x3 and 5x5 with stride 1 or 2 and dilation 1 (KH == 0: all from the
+// geometry at run time).
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "common/depthwise.h"
+
+namespace fastblocks::tiled {
+
+constexpr int kBlockThreads = 256;
+constexpr int64_t kMaxSharedFloats = 48 * 1024 / 4;  // the default per-block limit, no opt-in needed
+
+// Shared memory as a program sees it: a plain pointer on the GPU; bounds-checked in the emulator.
+struct Shared {
+  float* data;
+  int64_t size;
+  C10_HOST_DEVICE float& operator[](int64_t i) const {
+#if !defined(__CUDA_ARCH__)
+    TORCH_CHECK(i >= 0 && i < size, "tiled depthwise program: shared-memory index ", i, " outside [0, ", size, ")");
+#endif
+    return data[i];
+  }
+};
+
+struct NoState {};
+
+C10_HOST_DEVICE inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+C10_HOST_DEVICE inline int64_t ceil_div_signed(int64_t a, int64_t b) { return floor_div(a + b - 1, b); }
+C10_HOST_DEVICE inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int round_up(int a, int b) { return (a + b - 1) / b * b; }
+
+// VEC consecutive elements moved as one aligned load or store.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) VecPack {
+  T v[VEC];
+};
+
+template <int VEC, typename T>
+C10_HOST_DEVICE inline void load_vec(const T* p, float (&out)[VEC]) {
+  const VecPack<T, VEC> pack = *reinterpret_cast<const VecPack<T, VEC>*>(p);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) out[k] = static_cast<float>(pack.v[k]);
+}
+
+template <int VEC, typename T>
+C10_HOST_DEVICE inline void store_vec(T* p, const float (&in)[VEC]) {
+  VecPack<T, VEC> pack;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) pack.v[k] = static_cast<T>(in[k]);
+  *reinterpret_cast<VecPack<T, VEC>*>(p) = pack;
+}
+
+C10_HOST_DEVICE inline float input_value(float v, bool input_relu) {
+  return input_relu ? ElementMath<float>::relu(v) : v;
+}
+
+// Compile-time kernel size and stride (dilation 1); 0 = from the geometry.
+template <int KH_, int KW_, int SH_, int SW_>
+struct KernelShape {
+  static constexpr int KH = KH_, KW = KW_, SH = SH_, SW = SW_;
+  static constexpr bool kStatic = KH_ > 0;
+};
+using DynamicShape = KernelShape<0, 0, 0, 0>;
+
+inline bool dilation_one(const DepthwiseGeometry& g) { return g.dil_h == 1 && g.dil_w == 1; }
+
+// f(KernelShape<...>{}) for the geometry's kernel: 3x3 and 5x5 at stride 1 or 2 with dilation 1 compile-time,
+// everything else dynamic.
+template <typename F>
+void with_kernel_shape(const DepthwiseGeometry& g, F&& f) {
+  if (dilation_one(g) && g.kernel_h == g.kernel_w && g.stride_h == g.stride_w) {
+    const int64_t k = g.kernel_h, s = g.stride_h;
+    if (k == 3 && s == 1) return f(KernelShape<3, 3, 1, 1>{});
+    if (k == 3 && s == 2) return f(KernelShape<3, 3, 2, 2>{});
+    if (k == 5 && s == 1) return f(KernelShape<5, 5, 1, 1>{});
+    if (k == 5 && s == 2) return f(KernelShape<5, 5, 2, 2>{});
+  }
+  return f(DynamicShape{});
+}
+
+template <typename S>
+std::string shape_name(const DepthwiseGeometry& g) {
+  if constexpr (S::kStatic) {
+    return std::to_string(S::KH) + "x" + std::to_string(S::KW) + "s" + std::to_string(S::SH);
+  } else {
+    (void)g;
+    return "dynamic";
+  }
+}
+
+template <typename T>
+const char* dtype_name() {
+  if constexpr (std::is_same_v<T, float>) return "float";
+  if constexpr (std::is_same_v<T, c10::Half>) return "half";
+  return "bfloat16";
+}
+
+// Kernel extent and stride of a program, compile-time where S says so.
+template <typename S>
+struct Taps {
+  const DepthwiseGeometry& g;
+  C10_HOST_DEVICE int64_t kh() const { return S::kStatic ? S::KH : g.kernel_h; }
+  C10_HOST_DEVICE int64_t kw() const { return S::kStatic ? S::KW : g.kernel_w; }
+  C10_HOST_DEVICE int64_t sh() const { return S::kStatic ? S::SH : g.stride_h; }
+  C10_HOST_DEVICE int64_t sw() const { return S::kStatic ? S::SW : g.stride_w; }
+  C10_HOST_DEVICE int64_t dh() const { return S::kStatic ? 1 : g.dil_h; }
+  C10_HOST_DEVICE int64_t dw() const { return S::kStatic ? 1 : g.dil_w; }
+};
+
+// Tiles of a plane: kRows rows x tile_w columns per thread group; `planes` planes per block.
+struct PlaneTiling {
+  int tile_w = 0, row_groups = 0, planes = 0;  // used threads: planes * row_groups * tile_w
+  int64_t tiles_w = 0, tiles_h = 0, plane_groups = 0;
+
+  C10_HOST_DEVICE int used_threads() const { return planes * row_groups * tile_w; }
+  int64_t blocks() const { return plane_groups * tiles_h * tiles_w; }
+  int threads() const { return round_up(used_threads(), 32); }
+
+  // Position of a block: first plane, first row, first column of its tile.
+  struct Origin {
+    int64_t plane0, row0, col0;
+  };
+  C10_HOST_DEVICE Origin origin(int64_t block, int rows) const {
+    const int64_t tw = block % tiles_w;
+    const int64_t rest = block / tiles_w;
+    return {(rest / tiles_h) * planes, (rest % tiles_h) * row_groups * rows, tw * tile_w};
+  }
+  // A thread's plane (within the block), row group and column.
+  struct Slot {
+    int plane, row_group, col;
+  };
+  C10_HOST_DEVICE Slot slot(int thread) const {
+    const int per_plane = row_groups * tile_w;
+    const int rem = thread % per_plane;
+    return {thread / per_plane, rem / tile_w, rem % tile_w};
+  }
+
+  // Tiling of a plane of height x width elements, kRows rows per thread; `shared_per_plane(tile rows, tile
+  // columns)` is the shared memory a plane's tile needs. planes = 0: nothing fits (use the generic kernels).
+  template <typename SharedFn>
+  static PlaneTiling make(int64_t plane_count, int64_t height, int64_t width, int rows, SharedFn shared_per_plane) {
+    PlaneTiling t;
+    t.tile_w = static_cast<int>(std::min<int64_t>(width, 32));
+    t.row_groups = static_cast<int>(std::min<int64_t>(ceil_div(height, rows), std::max(1, kBlockThreads / t.tile_w)));
+    t.planes = static_cast<int>(
+        std::clamp<int64_t>(kBlockThreads / (t.row_groups * t.tile_w), 1, std::max<int64_t>(plane_count, 1)));
+    while (t.planes * shared_per_plane(t.row_groups * rows, t.tile_w) > kMaxSharedFloats) {
+      if (t.planes > 1) {
+        t.planes = (t.planes + 1) / 2;
+      } else if (t.row_groups > 1) {
+        t.row_groups = (t.row_groups + 1) / 2;
+      } else {
+        t.planes = 0;
+        return t;
+      }
+    }
+    t.tiles_w = ceil_div(width, t.tile_w);
+    t.tiles_h = ceil_div(height, static_cast<int64_t>(t.row_groups) * rows);
+    t.plane_groups = ceil_div(plane_count, t.planes);
+    return t;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward, NCHW.
+template <typename T, typename S>
+struct NchwForward {
+  static constexpr int kRows = 4, kPhases = 2;
+  using State = NoState;
+  const T* x;
+  const T* w;         // [C * m, kh, kw]
+  const float* bias;  // [C * m] or null
+  T* out;
+  DepthwiseGeometry g;
+  Activation act;
+  bool input_relu;
+  PlaneTiling tiling;
+  int in_tile_h, in_tile_w;  // the shared input tile of one plane
+
+  static NchwForward make(const DepthwiseForwardArgs& a) {
+    NchwForward p{static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const float*>(a.bias),
+                  static_cast<T*>(a.out), a.geo, a.activation, a.input_relu, {}, 0, 0};
+    const Taps<S> k{p.g};
+    const auto extent = [&](int rows, int cols) {
+      return std::pair<int64_t, int64_t>{(rows - 1) * k.sh() + (k.kh() - 1) * k.dh() + 1,
+                                         (cols - 1) * k.sw() + (k.kw() - 1) * k.dw() + 1};
+    };
+    p.tiling = PlaneTiling::make(p.g.batch * p.g.out_channels(), p.g.out_h, p.g.out_w, kRows, [&](int rows, int cols) {
+      const auto e = extent(rows, cols);
+      return e.first * e.second;
+    });
+    if (p.tiling.planes > 0) {
+      const auto e = extent(p.tiling.row_groups * kRows, p.tiling.tile_w);
+      p.in_tile_h = static_cast<int>(e.first);
+      p.in_tile_w = static_cast<int>(e.second);
+    }
+    return p;
+  }
+  bool ok() const { return tiling.planes > 0; }
+  int64_t blocks() const { return tiling.blocks(); }
+  int threads() const { return tiling.threads(); }
+  int64_t shared_floats() const { return static_cast<int64_t>(tiling.planes) * in_tile_h * in_tile_w; }
+  std::string name() const { return std::string("nchw_forward<") + dtype_name<T>() + "," + shape_name<S>(g) + ">"; }
+
+  C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
+    const Taps<S> t{g};
+    const auto o = tiling.origin(block, kRows);
+    const int64_t plane_count = g.batch * g.out_channels();
+    const int plane_floats = in_tile_h * in_tile_w;
+    if (k == 0) {  // stage the input tiles
+      const int64_t ih0 = o.row0 * t.sh() - g.pad_h, iw0 = o.col0 * t.sw() - g.pad_w;
+      for (int i = thread; i < tiling.planes * plane_floats; i += threads) {
+        const int p = i / plane_floats;
+        const int r = (i - p * plane_floats) / in_tile_w;
+        const int c = i % in_tile_w;
+        const int64_t plane = o.plane0 + p, ih = ih0 + r, iw = iw0 + c;
+        float v = 0.f;
+        if (plane < plane_count && ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w) {
+          const int64_t n = plane / g.out_channels(), ic = (plane % g.out_channels()) / g.multiplier;
+          v = input_value(static_cast<float>(x[((n * g.channels + ic) * g.in_h + ih) * g.in_w + iw]), input_relu);
+        }
+        s[i] = v;
+      }
+      return;
+    }
+    if (thread >= tiling.used_threads()) return;
+    const auto sl = tiling.slot(thread);
+    const int64_t plane = o.plane0 + sl.plane, ow = o.col0 + sl.col, oh0 = o.row0 + sl.row_group * kRows;
+    if (plane >= plane_count || ow >= g.out_w || oh0 >= g.out_h) return;
+    const int64_t oc = plane % g.out_channels();
+    const int64_t base = static_cast<int64_t>(sl.plane) * plane_floats +
+                         sl.row_group * kRows * t.sh() * in_tile_w + sl.col * t.sw();
+    float acc[kRows] = {};
+    if constexpr (S::kStatic) {
+      float wr[S::KH][S::KW];
+#pragma unroll
+      for (int kh = 0; kh < S::KH; ++kh)
+#pragma unroll
+        for (int kw = 0; kw < S::KW; ++kw) wr[kh][kw] = static_cast<float>(w[(oc * S::KH + kh) * S::KW + kw]);
+#pragma unroll
+      for (int j = 0; j < kRows; ++j)
+#pragma unroll
+        for (int kh = 0; kh < S::KH; ++kh)
+#pragma unroll
+          for (int kw = 0; kw < S::KW; ++kw) acc[j] += s[base + (j * S::SH + kh) * in_tile_w + kw] * wr[kh][kw];
+    } else {
+      for (int64_t kh = 0; kh < t.kh(); ++kh) {
+        for (int64_t kw = 0; kw < t.kw(); ++kw) {
+          const float wv = static_cast<float>(w[(oc * t.kh() + kh) * t.kw() + kw]);
+#pragma unroll
+          for (int j = 0; j < kRows; ++j) acc[j] += s[base + (j * t.sh() + kh * t.dh()) * in_tile_w + kw * t.dw()] * wv;
+        }
+      }
+    }
+    const float b = bias != nullptr ? bias[oc] : 0.f;
+    T* dst = out + plane * g.out_h * g.out_w + ow;
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      if (oh0 + j < g.out_h) dst[(oh0 + j) * g.out_w] = static_cast<T>(activate(act, acc[j] + b));
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward, NHWC (channels_last), multiplier 1.
+template <typename T, int VEC, typename S>
+struct NhwcForward {
+  static constexpr int kCols = S::kStatic ? 4 : 1, kPhases = 1;
+  using State = NoState;
+  const T* x;
+  const T* w_by_tap;  // [kh * kw, C]
+  const float* bias;
+  T* out;
+  DepthwiseGeometry g;
+  Activation act;
+  bool input_relu;
+  int64_t vecs, strips, items;  // channel vectors per pixel, column strips per row, threads' work items
+
+  static NhwcForward make(const DepthwiseForwardArgs& a) {
+    NhwcForward p{static_cast<const T*>(a.x), static_cast<const T*>(a.weight_by_tap), static_cast<const float*>(a.bias),
+                  static_cast<T*>(a.out), a.geo, a.activation, a.input_relu, 0, 0, 0};
+    p.vecs = p.g.channels / VEC;
+    p.strips = ceil_div(p.g.out_w, kCols);
+    p.items = p.g.batch * p.g.out_h * p.strips * p.vecs;
+    return p;
+  }
+  bool ok() const { return true; }
+  int64_t blocks() const { return ceil_div(items, kBlockThreads); }
+  int threads() const { return kBlockThreads; }
+  int64_t shared_floats() const { return 0; }
+  std::string name() const {
+    return std::string("nhwc_forward<") + dtype_name<T>() + ",vec" + std::to_string(VEC) + "," + shape_name<S>(g) + ">";
+  }
+
+  C10_HOST_DEVICE void phase(int, int64_t block, int thread, int threads, Shared, State&) const {
+    const int64_t item = block * threads + thread;
+    if (item >= items) return;
+    const Taps<S> t{g};
+    const int64_t C = g.channels, c0 = (item % vecs) * VEC;
+    int64_t rest = item / vecs;
+    const int64_t ow0 = (rest % strips) * kCols;
+    rest /= strips;
+    const int64_t oh = rest % g.out_h, n = rest / g.out_h;
+    float acc[kCols][VEC] = {};
+    const int64_t iw0 = ow0 * t.sw() - g.pad_w;
+    for (int64_t kh = 0; kh < t.kh(); ++kh) {
+      const int64_t ih = oh * t.sh() - g.pad_h + kh * t.dh();
+      if (ih < 0 || ih >= g.in_h) continue;
+      const T* row = x + (n * g.in_h + ih) * g.in_w * C + c0;
+      if constexpr (S::kStatic) {
+        float wr[S::KW][VEC];
+#pragma unroll
+        for (int kw = 0; kw < S::KW; ++kw) load_vec<VEC>(w_by_tap + (kh * S::KW + kw) * C + c0, wr[kw]);
+        // Input columns iw0 .. iw0 + (kCols - 1) * SW + KW - 1, each loaded once and used by every output it reaches.
+#pragma unroll
+        for (int q = 0; q < (kCols - 1) * S::SW + S::KW; ++q) {
+          const int64_t iw = iw0 + q;
+          if (iw < 0 || iw >= g.in_w) continue;
+          float xv[VEC];
+          load_vec<VEC>(row + iw * C, xv);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) xv[v] = input_value(xv[v], input_relu);
+#pragma unroll
+          for (int j = 0; j < kCols; ++j) {
+            const int kw = q - j * S::SW;
+            if (kw < 0 || kw >= S::KW) continue;
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) acc[j][v] += xv[v] * wr[kw][v];
+          }
+        }
+      } else {
+        for (int64_t kw = 0; kw < t.kw(); ++kw) {
+          const int64_t iw = iw0 + kw * t.dw();
+          if (iw < 0 || iw >= g.in_w) continue;
+          float xv[VEC], wv[VEC];
+          load_vec<VEC>(row + iw * C, xv);
+          load_vec<VEC>(w_by_tap + (kh * t.kw() + kw) * C + c0, wv);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) acc[0][v] += input_value(xv[v], input_relu) * wv[v];
+        }
+      }
+    }
+    float b[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) b[v] = bias != nullptr ? bias[c0 + v] : 0.f;
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) {
+      if (ow0 + j >= g.out_w) break;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) acc[j][v] = activate(act, acc[j][v] + b[v]);
+      store_vec<VEC>(out + ((n * g.out_h + oh) * g.out_w + ow0 + j) * C + c0, acc[j]);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// grad_input, NCHW: a block = `planes` input planes x a tile of input positions.
+template <typename T, typename S>
+struct NchwInputGrad {
+  static constexpr int kRows = 4, kPhases = 2;
+  using State = NoState;
+  const T* gy;
+  const T* y;
+  const T* x;
+  const T* w;
+  T* gi;
+  DepthwiseGeometry g;
+  Activation act;
+  bool input_relu;
+  PlaneTiling tiling;
+  int out_tile_h, out_tile_w;  // the grad_out tile of one output plane
+
+  static NchwInputGrad make(const DepthwiseBackwardArgs& a) {
+    NchwInputGrad p{static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
+                    static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), a.geo, a.activation,
+                    a.input_relu, {}, 0, 0};
+    const Taps<S> k{p.g};
+    // Input rows ih0 .. ih0 + rows - 1 are read by output rows ceil((ih0 + ph - (kh - 1) dh) / sh) ..
+    // floor((ih0 + rows - 1 + ph) / sh): at most (rows - 1 + (kh - 1) dh) / sh + 1 of them.
+    const auto extent = [&](int rows, int cols) {
+      return std::pair<int64_t, int64_t>{(rows - 1 + (k.kh() - 1) * k.dh()) / k.sh() + 1,
+                                         (cols - 1 + (k.kw() - 1) * k.dw()) / k.sw() + 1};
+    };
+    p.tiling = PlaneTiling::make(p.g.batch * p.g.channels, p.g.in_h, p.g.in_w, kRows, [&](int rows, int cols) {
+      const auto e = extent(rows, cols);
+      return p.g.multiplier * e.first * e.second;
+    });
+    if (p.tiling.planes > 0) {
+      const auto e = extent(p.tiling.row_groups * kRows, p.tiling.tile_w);
+      p.out_tile_h = static_cast<int>(e.first);
+      p.out_tile_w = static_cast<int>(e.second);
+    }
+    return p;
+  }
+  bool ok() const { return tiling.planes > 0; }
+  int64_t blocks() const { return tiling.blocks(); }
+  int threads() const { return tiling.threads(); }
+  int64_t shared_floats() const {
+    return static_cast<int64_t>(tiling.planes) * g.multiplier * out_tile_h * out_tile_w;
+  }
+  std::string name() const {
+    return std::string("nchw_input_grad<") + dtype_name<T>() + "," + shape_name<S>(g) + ">";
+  }
+
+  C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
+    const Taps<S> t{g};
+    const auto o = tiling.origin(block, kRows);
+    const int64_t plane_count = g.batch * g.channels, m = g.multiplier, oc_count = g.out_channels();
+    const int64_t oh_lo = ceil_div_signed(o.row0 + g.pad_h - (t.kh() - 1) * t.dh(), t.sh());
+    const int64_t ow_lo = ceil_div_signed(o.col0 + g.pad_w - (t.kw() - 1) * t.dw(), t.sw());
+    const int tile_floats = out_tile_h * out_tile_w;
+    if (k == 0) {  // stage act'(grad_out) of the m output planes of each input plane
+      for (int64_t i = thread; i < tiling.planes * m * tile_floats; i += threads) {
+        const int64_t pj = i / tile_floats;  // plane * m + j
+        const int r = static_cast<int>((i - pj * tile_floats) / out_tile_w);
+        const int c = static_cast<int>(i % out_tile_w);
+        const int64_t plane = o.plane0 + pj / m, oh = oh_lo + r, ow = ow_lo + c;
+        float v = 0.f;
+        if (plane < plane_count && oh >= 0 && oh < g.out_h && ow >= 0 && ow < g.out_w) {
+          const int64_t n = plane / g.channels, oc = (plane % g.channels) * m + pj % m;
+          const int64_t off = ((n * oc_count + oc) * g.out_h + oh) * g.out_w + ow;
+          v = activation_grad(act, static_cast<float>(gy[off]), static_cast<float>(y[off]));
+        }
+        s[i] = v;
+      }
+      return;
+    }
+    if (thread >= tiling.used_threads()) return;
+    const auto sl = tiling.slot(thread);
+    const int64_t plane = o.plane0 + sl.plane, iw = o.col0 + sl.col, ih0 = o.row0 + sl.row_group * kRows;
+    if (plane >= plane_count || iw >= g.in_w || ih0 >= g.in_h) return;
+    const int64_t ic = plane % g.channels;
+    float acc[kRows] = {};
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t oc = ic * m + j;
+      const int64_t tile = (static_cast<int64_t>(sl.plane) * m + j) * tile_floats;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t ih = ih0 + r;
+#pragma unroll
+        for (int64_t kh = 0; kh < t.kh(); ++kh) {
+          // u > -sh by the choice of oh_lo, and a negative u is never a multiple of sh: r = u / sh >= 0.
+          const int64_t u = ih + g.pad_h - kh * t.dh() - oh_lo * t.sh();
+          if (u % t.sh() != 0) continue;
+#pragma unroll
+          for (int64_t kw = 0; kw < t.kw(); ++kw) {
+            const int64_t v = iw + g.pad_w - kw * t.dw() - ow_lo * t.sw();
+            if (v % t.sw() != 0) continue;
+            acc[r] += s[tile + (u / t.sh()) * out_tile_w + v / t.sw()] *
+                      static_cast<float>(w[(oc * t.kh() + kh) * t.kw() + kw]);
+          }
+        }
+      }
+    }
+    const int64_t first = (plane * g.in_h + ih0) * g.in_w + iw;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (ih0 + r >= g.in_h) break;
+      const int64_t off = first + r * g.in_w;
+      if (input_relu && !(static_cast<float>(x[off]) > 0.f)) acc[r] = 0.f;
+      gi[off] = static_cast<T>(acc[r]);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// grad_input, NHWC, multiplier 1: one input pixel x VEC channels per thread.
+template <typename T, int VEC, typename S>
+struct NhwcInputGrad {
+  static constexpr int kPhases = 1;
+  using State = NoState;
+  const T* gy;
+  const T* y;
+  const T* x;
+  const T* w_by_tap;
+  T* gi;
+  DepthwiseGeometry g;
+  Activation act;
+  bool input_relu;
+  int64_t vecs, items;
+
+  static NhwcInputGrad make(const DepthwiseBackwardArgs& a) {
+    NhwcInputGrad p{static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
+                    static_cast<const T*>(a.weight_by_tap), static_cast<T*>(a.grad_input), a.geo, a.activation,
+                    a.input_relu, 0, 0};
+    p.vecs = p.g.channels / VEC;
+    p.items = p.g.batch * p.g.in_h * p.g.in_w * p.vecs;
+    return p;
+  }
+  bool ok() const { return true; }
+  int64_t blocks() const { return ceil_div(items, kBlockThreads); }
+  int threads() const { return kBlockThreads; }
+  int64_t shared_floats() const { return 0; }
+  std::string name() const {
+    return std::string("nhwc_input_grad<") + dtype_name<T>() + ",vec" + std::to_string(VEC) + "," +
+           shape_name<S>(g) + ">";
+  }
+
+  C10_HOST_DEVICE void phase(int, int64_t block, int thread, int threads, Shared, State&) const {
+    const int64_t item = block * threads + thread;
+    if (item >= items) return;
+    const Taps<S> t{g};
+    const int64_t C = g.channels, c0 = (item % vecs) * VEC, pixel = item / vecs;
+    const int64_t iw = pixel % g.in_w, ih = (pixel / g.in_w) % g.in_h, n = pixel / (g.in_w * g.in_h);
+    float acc[VEC] = {};
+    for (int64_t kh = 0; kh < t.kh(); ++kh) {
+      const int64_t uh = ih + g.pad_h - kh * t.dh();
+      if (uh < 0 || uh % t.sh() != 0 || uh / t.sh() >= g.out_h) continue;
+      const int64_t row = (n * g.out_h + uh / t.sh()) * g.out_w;
+      for (int64_t kw = 0; kw < t.kw(); ++kw) {
+        const int64_t uw = iw + g.pad_w - kw * t.dw();
+        if (uw < 0 || uw % t.sw() != 0 || uw / t.sw() >= g.out_w) continue;
+        const int64_t off = (row + uw / t.sw()) * C + c0;
+        float gv[VEC], yv[VEC], wv[VEC];
+        load_vec<VEC>(gy + off, gv);
+        load_vec<VEC>(y + off, yv);
+        load_vec<VEC>(w_by_tap + (kh * t.kw() + kw) * C + c0, wv);
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) acc[v] += activation_grad(act, gv[v], yv[v]) * wv[v];
+      }
+    }
+    const int64_t off = pixel * C + c0;
+    if (input_relu) {
+      float xv[VEC];
+      load_vec<VEC>(x + off, xv);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) acc[v] = xv[v] > 0.f ? acc[v] : 0.f;
+    }
+    store_vec<VEC>(gi + off, acc);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Weight and bias gradients. Positions q = (n * out_h + oh) * out_w + ow of one output channel are cut into
+// `chunks` ranges of chunk_len; partial[(chunk * OC + oc) * (taps + 1) + tap] (tap == taps: the bias) holds a
+// chunk's sum, and ParamGradFinish adds the chunks in order.
+struct ParamGradChunks {
+  int64_t chunks = 1, chunk_len = 0;
+  static ParamGradChunks make(int64_t positions, int64_t column_blocks, int64_t min_len) {
+    ParamGradChunks c;
+    c.chunks = std::max<int64_t>(1, std::min(ceil_div(2048, std::max<int64_t>(column_blocks, 1)),
+                                             ceil_div(positions, min_len)));
+    c.chunk_len = std::max<int64_t>(ceil_div(positions, c.chunks), 1);
+    return c;
+  }
+};
+
+inline int64_t param_grad_partial_floats(const DepthwiseGeometry& g, const ParamGradChunks& c) {
+  return c.chunks * g.out_channels() * (g.taps() + 1);
+}
+
+// Per output position: act'(grad_out) and the taps' input values. Shared by the two layouts.
+template <int KH, int KW, typename T>
+C10_HOST_DEVICE inline void accumulate_param_grad(float (&acc)[KH * KW + 1], float grad, const T* x,
+                                                  const DepthwiseGeometry& g, int64_t n, int64_t ic, int64_t oh,
+                                                  int64_t ow, bool input_relu) {
+  acc[KH * KW] += grad;
+#pragma unroll
+  for (int kh = 0; kh < KH; ++kh) {
+    const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
+    if (ih < 0 || ih >= g.in_h) continue;
+#pragma unroll
+    for (int kw = 0; kw < KW; ++kw) {
+      const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
+      if (iw < 0 || iw >= g.in_w) continue;
+      acc[kh * KW + kw] += grad * input_value(static_cast<float>(x[g.in_offset(n, ic, ih, iw)]), input_relu);
+    }
+  }
+}
+
+// NCHW: a block = one output channel x one chunk; 256 threads stride over the chunk; the block's 256 x (taps + 1)
+// sums are reduced in shared memory in a fixed order (8 parts of 32, then the 8 parts).
+template <typename T, int KH, int KW>
+struct NchwParamGrad {
+  static constexpr int kTaps = KH * KW + 1, kParts = 8, kPhases = 3;
+  using State = NoState;
+  const T* gy;
+  const T* y;
+  const T* x;
+  float* partial;
+  DepthwiseGeometry g;
+  Activation act;
+  bool input_relu;
+  ParamGradChunks chunking;
+
+  static ParamGradChunks chunks_for(const DepthwiseGeometry& g) {
+    return ParamGradChunks::make(g.batch * g.out_h * g.out_w, g.out_channels(), 2048);
+  }
+  static NchwParamGrad make(const DepthwiseBackwardArgs& a) {
+    return {static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
+            static_cast<float*>(a.workspace), a.geo, a.activation, a.input_relu, chunks_for(a.geo)};
+  }
+  bool ok() const { return true; }
+  int64_t blocks() const { return chunking.chunks * g.out_channels(); }
+  int threads() const { return kBlockThreads; }
+  int64_t shared_floats() const { return kTaps * (kBlockThreads + kParts); }
+  std::string name() const {
+    return std::string("nchw_param_grad<") + dtype_name<T>() + "," + std::to_string(KH) + "x" + std::to_string(KW) +
+           ">";
+  }
+
+  C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
+    const int64_t chunk = block % chunking.chunks, oc = block / chunking.chunks;
+    if (k == 0) {
+      float acc[kTaps] = {};
+      const int64_t end = min64(g.batch * g.out_h * g.out_w, (chunk + 1) * chunking.chunk_len);
+      for (int64_t q = chunk * chunking.chunk_len + thread; q < end; q += threads) {
+        const int64_t ow = q % g.out_w, oh = (q / g.out_w) % g.out_h, n = q / (g.out_w * g.out_h);
+        const int64_t off = ((n * g.out_channels() + oc) * g.out_h + oh) * g.out_w + ow;
+        const float grad = activation_grad(act, static_cast<float>(gy[off]), static_cast<float>(y[off]));
+        accumulate_param_grad<KH, KW>(acc, grad, x, g, n, oc / g.multiplier, oh, ow, input_relu);
+      }
+#pragma unroll
+      for (int tap = 0; tap < kTaps; ++tap) s[tap * kBlockThreads + thread] = acc[tap];
+    } else if (k == 1) {
+      constexpr int kPerPart = kBlockThreads / kParts;
+      for (int i = thread; i < kTaps * kParts; i += threads) {
+        const int tap = i / kParts, part = i % kParts;
+        float sum = 0.f;
+        for (int j = 0; j < kPerPart; ++j) sum += s[tap * kBlockThreads + part * kPerPart + j];
+        s[kTaps * kBlockThreads + i] = sum;
+      }
+    } else {
+      for (int tap = thread; tap < kTaps; tap += threads) {
+        float sum = 0.f;
+        for (int part = 0; part < kParts; ++part) sum += s[kTaps * kBlockThreads + tap * kParts + part];
+        partial[(chunk * g.out_channels() + oc) * kTaps + tap] = sum;
+      }
+    }
+  }
+};
+
+// NHWC: a block = 32 consecutive output channels (one per lane: coalesced loads) x 8 position groups x one chunk.
+template <typename T, int KH, int KW>
+struct NhwcParamGrad {
+  static constexpr int kTaps = KH * KW + 1, kLanes = 32, kGroups = kBlockThreads / kLanes, kPhases = 2;
+  using State = NoState;
+  const T* gy;
+  const T* y;
+  const T* x;
+  float* partial;
+  DepthwiseGeometry g;
+  Activation act;
+  bool input_relu;
+  ParamGradChunks chunking;
+
+  static ParamGradChunks chunks_for(const DepthwiseGeometry& g) {
+    return ParamGradChunks::make(g.batch * g.out_h * g.out_w, ceil_div(g.out_channels(), kLanes), 512);
+  }
+  static NhwcParamGrad make(const DepthwiseBackwardArgs& a) {
+    return {static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
+            static_cast<float*>(a.workspace), a.geo, a.activation, a.input_relu, chunks_for(a.geo)};
+  }
+  bool ok() const { return true; }
+  int64_t blocks() const { return chunking.chunks * ceil_div(g.out_channels(), kLanes); }
+  int threads() const { return kBlockThreads; }
+  int64_t shared_floats() const { return kTaps * kBlockThreads; }
+  std::string name() const {
+    return std::string("nhwc_param_grad<") + dtype_name<T>() + "," + std::to_string(KH) + "x" + std::to_string(KW) +
+           ">";
+  }
+
+  C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
+    const int64_t chunk = block % chunking.chunks, oc0 = (block / chunking.chunks) * kLanes;
+    const int64_t OC = g.out_channels();
+    if (k == 0) {
+      const int lane = thread % kLanes, group = thread / kLanes;
+      const int64_t oc = oc0 + lane;
+      float acc[kTaps] = {};
+      if (oc < OC) {
+        const int64_t end = min64(g.batch * g.out_h * g.out_w, (chunk + 1) * chunking.chunk_len);
+        for (int64_t q = chunk * chunking.chunk_len + group; q < end; q += kGroups) {
+          const int64_t ow = q % g.out_w, oh = (q / g.out_w) % g.out_h, n = q / (g.out_w * g.out_h);
+          const int64_t off = q * OC + oc;
+          const float grad = activation_grad(act, static_cast<float>(gy[off]), static_cast<float>(y[off]));
+          accumulate_param_grad<KH, KW>(acc, grad, x, g, n, oc / g.multiplier, oh, ow, input_relu);
+        }
+      }
+#pragma unroll
+      for (int tap = 0; tap < kTaps; ++tap) s[(tap * kGroups + group) * kLanes + lane] = acc[tap];
+      return;
+    }
+    for (int i = thread; i < kTaps * kLanes; i += threads) {
+      const int tap = i / kLanes, lane = i % kLanes;
+      const int64_t oc = oc0 + lane;
+      if (oc >= OC) continue;
+      float sum = 0.f;
+      for (int group = 0; group < kGroups; ++group) sum += s[(tap * kGroups + group) * kLanes + lane];
+      partial[(chunk * OC + oc) * kTaps + tap] = sum;
+    }
+  }
+};
+
+// grad_weight[oc, tap] and grad_bias[oc]: the chunks' partials added in order.
+struct ParamGradFinish {
+  static constexpr int kPhases = 1;
+  using State = NoState;
+  const float* partial;
+  float* grad_weight;  // [OC, taps] or null
+  float* grad_bias;    // [OC] or null
+  int64_t out_channels, taps, chunks;
+
+  bool ok() const { return true; }
+  int64_t blocks() const { return ceil_div(out_channels * (taps + 1), kBlockThreads); }
+  int threads() const { return kBlockThreads; }
+  int64_t shared_floats() const { return 0; }
+  std::string name() const { return "param_grad_finish"; }
+
+  C10_HOST_DEVICE void phase(int, int64_t block, int thread, int threads, Shared, State&) const {
+    const int64_t i = block * threads + thread;
+    if (i >= out_channels * (taps + 1)) return;
+    const int64_t oc = i / (taps + 1), tap = i % (taps + 1);
+    float sum = 0.f;
+    for (int64_t c = 0; c < chunks; ++c) sum += partial[(c * out_channels + oc) * (taps + 1) + tap];
+    if (tap == taps) {
+      if (grad_bias != nullptr) grad_bias[oc] = sum;
+    } else if (grad_weight != nullptr) {
+      grad_weight[oc * taps + tap] = sum;
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Program choice, shared by the CUDA launcher and the emulator. Each `with_*` calls f(program) and returns true, or
+// returns false when no tiled program applies (float64, or a case listed below): the generic kernels run.
+
+template <typename F>
+bool with_tiled_dtype(c10::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case c10::ScalarType::Float: f(float{}); return true;
+    case c10::ScalarType::Half: f(c10::Half{}); return true;
+    case c10::ScalarType::BFloat16: f(c10::BFloat16{}); return true;
+    default: return false;
+  }
+}
+
+// The channel-vector width of the NHWC programs: 16 bytes when the channels and every pointer allow it, else 1
+// (then only the dynamic shape is compiled, to keep the instantiations down).
+template <typename T>
+int nhwc_vec(int64_t channels, std::initializer_list<const void*> ptrs) {
+  constexpr int kWide = 16 / static_cast<int>(sizeof(T));
+  bool ok = channels % kWide == 0;
+  for (const void* p : ptrs) ok = ok && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
+  return ok ? kWide : 1;
+}
+
+// NHWC programs need multiplier 1 and the [taps, C] weights.
+inline bool nhwc_tiled_ok(const DepthwiseGeometry& g, const void* weight_by_tap) {
+  return g.multiplier == 1 && weight_by_tap != nullptr;
+}
+
+template <typename F>
+bool with_forward_program(const DepthwiseForwardArgs& a, F&& f) {
+  const DepthwiseGeometry& g = a.geo;
+  if (g.channels_last && !nhwc_tiled_ok(g, a.weight_by_tap)) return false;
+  bool launched = false;
+  const bool typed = with_tiled_dtype(a.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    if (g.channels_last) {
+      constexpr int kWide = 16 / sizeof(T);
+      if (nhwc_vec<T>(g.channels, {a.x, a.out, a.weight_by_tap}) == kWide) {
+        with_kernel_shape(g, [&](auto shape) { f(NhwcForward<T, kWide, decltype(shape)>::make(a)); });
+      } else {
+        f(NhwcForward<T, 1, DynamicShape>::make(a));
+      }
+      launched = true;
+    } else {
+      with_kernel_shape(g, [&](auto shape) {
+        const auto p = NchwForward<T, decltype(shape)>::make(a);
+        if (p.ok()) {
+          f(p);
+          launched = true;
+        }
+      });
+    }
+  });
+  return typed && launched;
+}
+
+template <typename F>
+bool with_input_grad_program(const DepthwiseBackwardArgs& a, F&& f) {
+  const DepthwiseGeometry& g = a.geo;
+  if (a.grad_input == nullptr) return false;
+  if (g.channels_last && !nhwc_tiled_ok(g, a.weight_by_tap)) return false;
+  bool launched = false;
+  const bool typed = with_tiled_dtype(a.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    if (g.channels_last) {
+      constexpr int kWide = 16 / sizeof(T);
+      if (nhwc_vec<T>(g.channels, {a.grad_out, a.out, a.x, a.grad_input, a.weight_by_tap}) == kWide) {
+        with_kernel_shape(g, [&](auto shape) { f(NhwcInputGrad<T, kWide, decltype(shape)>::make(a)); });
+      } else {
+        f(NhwcInputGrad<T, 1, DynamicShape>::make(a));
+      }
+      launched = true;
+    } else {
+      with_kernel_shape(g, [&](auto shape) {
+        const auto p = NchwInputGrad<T, decltype(shape)>::make(a);
+        if (p.ok()) {
+          f(p);
+          launched = true;
+        }
+      });
+    }
+  });
+  return typed && launched;
+}
+
+// The weight/bias gradient programs cover 3x3 and 5x5 kernels (any stride, padding, dilation, multiplier).
+inline bool param_grad_tiled_ok(const DepthwiseBackwardArgs& a) {
+  const DepthwiseGeometry& g = a.geo;
+  const bool sized = (g.kernel_h == 3 && g.kernel_w == 3) || (g.kernel_h == 5 && g.kernel_w == 5);
+  return (a.grad_weight != nullptr || a.grad_bias != nullptr) && sized && a.dtype != c10::ScalarType::Double;
+}
+
+// Floats of workspace the weight/bias gradient programs need (0: they do not apply).
+inline int64_t param_grad_workspace_floats(const DepthwiseBackwardArgs& a) {
+  if (!param_grad_tiled_ok(a)) return 0;
+  const DepthwiseGeometry& g = a.geo;
+  // chunks_for does not depend on T or the kernel size.
+  const ParamGradChunks c =
+      g.channels_last ? NhwcParamGrad<float, 3, 3>::chunks_for(g) : NchwParamGrad<float, 3, 3>::chunks_for(g);
+  return param_grad_partial_floats(g, c);
+}
+
+// f is called twice: with the per-chunk program, then with ParamGradFinish.
+template <typename F>
+bool with_param_grad_programs(const DepthwiseBackwardArgs& a, F&& f) {
+  if (!param_grad_tiled_ok(a) || a.workspace == nullptr) return false;
+  const DepthwiseGeometry& g = a.geo;
+  int64_t chunks = 0;
+  const bool typed = with_tiled_dtype(a.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    const auto run = [&](auto program) {
+      chunks = program.chunking.chunks;
+      f(program);
+    };
+    if (g.kernel_h == 3) {
+      g.channels_last ? run(NhwcParamGrad<T, 3, 3>::make(a)) : run(NchwParamGrad<T, 3, 3>::make(a));
+    } else {
+      g.channels_last ? run(NhwcParamGrad<T, 5, 5>::make(a)) : run(NchwParamGrad<T, 5, 5>::make(a));
+    }
+  });
+  if (!typed) return false;
+  f(ParamGradFinish{static_cast<const float*>(a.workspace), static_cast<float*>(a.grad_weight),
+                    static_cast<float*>(a.grad_bias), g.out_channels(), g.taps(), chunks});
+  return true;
+}
+
+}  // namespace fastblocks::tiled

@@ -1,0 +1,88 @@
+// The CPU emulator of the tiled CUDA depthwise programs (see depthwise_tiled_emulation.h). It runs exactly what the
+// kernels in cuda/depthwise_kernel.cu run: the same program choice, the same blocks, threads and phases; a block
+// barrier is the end of a phase.
+#include "cpu/depthwise_tiled_emulation.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "common/checks.h"
+#include "common/depthwise_host.h"
+#include "common/depthwise_tiled.h"
+
+namespace fastblocks {
+namespace {
+
+constexpr const char* kOp = "_emulate_tiled_depthwise";
+
+template <class P>
+void emulate(const P& program, std::vector<std::string>& names) {
+  names.push_back(program.name());
+  const int threads = program.threads();
+  TORCH_CHECK(threads > 0 && threads <= tiled::kBlockThreads && threads % 32 == 0, program.name(),
+              ": block of ", threads, " threads");
+  const int64_t shared = program.shared_floats();
+  TORCH_CHECK(shared <= tiled::kMaxSharedFloats, program.name(), ": ", shared, " floats of shared memory");
+  std::vector<float> smem(static_cast<size_t>(std::max<int64_t>(shared, 1)));
+  std::vector<typename P::State> states(static_cast<size_t>(threads));
+  for (int64_t b = 0; b < program.blocks(); ++b) {
+    // Unwritten shared memory reads as NaN and poisons the result.
+    std::fill(smem.begin(), smem.end(), std::numeric_limits<float>::quiet_NaN());
+    std::fill(states.begin(), states.end(), typename P::State{});
+    for (int k = 0; k < P::kPhases; ++k) {
+      for (int t = 0; t < threads; ++t) program.phase(k, b, t, threads, tiled::Shared{smem.data(), shared}, states[t]);
+    }
+  }
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  FASTBLOCKS_CHECK_ARG(t.device().is_cpu(), kOp, name, "must be a CPU tensor (this emulates the CUDA programs)");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, std::vector<std::string>> emulate_tiled_depthwise_forward(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, std::vector<int64_t> stride,
+    std::vector<int64_t> padding, std::vector<int64_t> dilation, const std::string& activation, bool input_relu) {
+  check_cpu(x, "x");
+  auto plan = plan_depthwise_forward(x, weight, bias, stride, padding, dilation, activation, input_relu);
+  prepare_tiled_forward(plan);
+  std::vector<std::string> names;
+  if (plan.out.numel() == 0) return {plan.out, names};
+  if (!tiled::with_forward_program(plan.args, [&](const auto& p) { emulate(p, names); })) {
+    return {at::Tensor(), {"generic"}};
+  }
+  return {plan.out, names};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<std::string>> emulate_tiled_depthwise_backward(
+    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+    std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
+    const std::string& activation, bool input_relu, std::array<bool, 3> output_mask) {
+  check_cpu(x, "x");
+  auto plan = plan_depthwise_backward(grad_out, out, x, weight, stride, padding, dilation, activation, input_relu,
+                                      output_mask);
+  std::vector<std::string> names;
+  bool params_generic = false;
+  if (out.numel() > 0) {
+    prepare_tiled_backward(plan);
+    const auto& a = plan.args;
+    if (a.grad_input != nullptr &&
+        !tiled::with_input_grad_program(a, [&](const auto& p) { emulate(p, names); })) {
+      names.push_back("generic");
+      plan.grad_input = at::Tensor();
+    }
+    if ((a.grad_weight != nullptr || a.grad_bias != nullptr) &&
+        !tiled::with_param_grad_programs(a, [&](const auto& p) { emulate(p, names); })) {
+      names.push_back("generic");
+      params_generic = true;
+    }
+  }
+  finish_depthwise_backward(plan);
+  if (params_generic) plan.grad_weight = plan.grad_bias = at::Tensor();
+  return {plan.grad_input, plan.grad_weight, plan.grad_bias, names};
+}
+
+}  // namespace fastblocks
