@@ -188,6 +188,52 @@ def test_tiled_misaligned_nhwc_takes_the_scalar_program():
     assert_close_scaled(out, reference_forward(x, weight, bias, geometry, "relu", False), torch.float16)
 
 
+def test_tiled_misaligned_backward_takes_the_scalar_program():
+    geometry = GEOMETRIES[0]
+    x, weight, bias = make_inputs(geometry, torch.bfloat16, True)
+    out = reference_forward(x, weight, bias, geometry, "relu6", False).to(torch.bfloat16)
+    out = out.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    storage = torch.empty(out.numel() + 1, dtype=out.dtype)
+    shifted = storage[1:].as_strided(out.shape, out.stride())
+    shifted.copy_(grad_out.contiguous(memory_format=torch.channels_last))
+    gi, gw, gb, programs = _C._emulate_tiled_depthwise_backward(
+        shifted, out, x, weight, *conv_args(geometry), "relu6", False, [True, True, True]
+    )
+    assert programs[0] == "nhwc_input_grad<bfloat16,vec1,dynamic>"
+    ref = reference_backward(grad_out, out, x, weight, geometry, "relu6", False)
+    assert_close_scaled(gi, ref[0], torch.bfloat16)
+    assert_close_scaled(gw, ref[1], torch.bfloat16)
+
+
+def test_tiled_half_bias():
+    """A half bias is widened to float32 before the kernels (as folded BatchNorm parameters are)."""
+    geometry = GEOMETRIES[1]
+    x, weight, bias = make_inputs(geometry, torch.float16, False)
+    out, programs = _C._emulate_tiled_depthwise_forward(
+        x, weight, bias.half(), *conv_args(geometry), "relu", False
+    )
+    assert programs == ["nchw_forward<half,3x3s2>"]
+    assert_close_scaled(out, reference_forward(x, weight, bias.half().float(), geometry, "relu", False), torch.float16)
+
+
+def test_tiled_tile_shrinks_to_fit_shared_memory():
+    """A wide dilated kernel: the 32-row tile needs more than 48 KB of shared memory, so the tile gets fewer rows."""
+    geometry = (2, 1, 100, 100, (7, 7), 3, (3, 3), 8)
+    x, weight, bias = make_inputs(geometry, torch.float32, False, batch=1)
+    out, programs = _C._emulate_tiled_depthwise_forward(x, weight, bias, *conv_args(geometry), "none", True)
+    assert programs == ["nchw_forward<float,dynamic>"]
+    assert_close_scaled(out, reference_forward(x, weight, bias, geometry, "none", True), torch.float32)
+
+
+def test_tiled_nothing_fits_takes_the_generic_kernels():
+    """One output column already needs more than 48 KB of shared memory: the generic kernels run."""
+    geometry = (1, 1, 1, 14010, (1, 3), 1, (0, 0), 7000)
+    x, weight, bias = make_inputs(geometry, torch.float32, False, batch=1)
+    out, programs = _C._emulate_tiled_depthwise_forward(x, weight, bias, [1, 1], [0, 0], [1, 7000], "none", False)
+    assert programs == ["generic"] and out is None
+
+
 def test_tiled_nan_propagates():
     """NaN in the input reaches the outputs that read it, as in F.conv2d (the shared memory is NaN-filled before
     each block, so only a genuine NaN may survive where the reference has one)."""

@@ -61,7 +61,6 @@ struct DepthwiseForwardArgs {
   const void* weight = nullptr;  // [C * m, kernel_h, kernel_w], x's dtype, contiguous
   const void* bias = nullptr;    // [C * m], accumulation dtype; null: 0
   void* out = nullptr;
-  const void* weight_by_tap = nullptr;  // [kernel_h * kernel_w, C * m]: the CUDA NHWC programs' weights; may be null
   DepthwiseGeometry geo;
   c10::ScalarType dtype = c10::ScalarType::Float;
   Activation activation = Activation::kNone;
@@ -76,7 +75,6 @@ struct DepthwiseBackwardArgs {
   void* grad_input = nullptr;   // null: not wanted
   void* grad_weight = nullptr;  // [C * m, kernel_h * kernel_w], accumulation dtype; null: not wanted
   void* grad_bias = nullptr;    // [C * m], accumulation dtype; null: not wanted
-  const void* weight_by_tap = nullptr;  // as in DepthwiseForwardArgs
   void* workspace = nullptr;  // float partial sums of the CUDA weight-gradient programs (tiled::param_grad_workspace_floats)
   DepthwiseGeometry geo;
   c10::ScalarType dtype = c10::ScalarType::Float;

@@ -192,26 +192,8 @@ DepthwiseBackwardPlan plan_depthwise_backward(const at::Tensor& grad_out, const 
   return plan;
 }
 
-namespace {
-// [C * m, 1, kh, kw] -> [kh * kw, C * m]: each tap's weights of consecutive channels are one vector load. Only the
-// NHWC programs read it (multiplier 1, not float64).
-at::Tensor weight_by_tap_for(const at::Tensor& weight, const DepthwiseGeometry& g) {
-  if (!g.channels_last || g.multiplier != 1 || weight.scalar_type() == at::kDouble) return at::Tensor();
-  return weight.view({g.out_channels(), g.taps()}).t().contiguous();
-}
-}  // namespace
-
-void prepare_tiled_forward(DepthwiseForwardPlan& plan) {
-  plan.weight_by_tap = weight_by_tap_for(plan.weight, plan.args.geo);
-  plan.args.weight_by_tap = plan.weight_by_tap.defined() ? plan.weight_by_tap.const_data_ptr() : nullptr;
-}
-
 void prepare_tiled_backward(DepthwiseBackwardPlan& plan) {
   auto& a = plan.args;
-  if (a.grad_input != nullptr) {
-    plan.weight_by_tap = weight_by_tap_for(plan.weight, a.geo);
-    a.weight_by_tap = plan.weight_by_tap.defined() ? plan.weight_by_tap.const_data_ptr() : nullptr;
-  }
   const int64_t floats = tiled::param_grad_workspace_floats(a);
   if (floats > 0) {
     plan.workspace = at::empty({floats}, plan.x.options().dtype(at::kFloat));

@@ -17,7 +17,6 @@ Activation parse_activation(std::string_view name, const char* op, const char* a
 
 struct DepthwiseForwardPlan {
   at::Tensor out, x, weight, bias;
-  at::Tensor weight_by_tap;  // prepare_tiled_forward: [taps, C * m] weights of the CUDA NHWC programs
   DepthwiseForwardArgs args;
 };
 
@@ -25,7 +24,7 @@ struct DepthwiseBackwardPlan {
   at::Tensor grad_input, grad_weight, grad_bias;  // outputs ([0] when not wanted)
   at::Tensor grad_weight_acc;                     // the kernel's accumulation-dtype weight gradient
   at::Tensor grad_out, out, x, weight;
-  at::Tensor weight_by_tap, workspace;  // prepare_tiled_backward
+  at::Tensor workspace;  // prepare_tiled_backward
   DepthwiseBackwardArgs args;
 };
 
@@ -40,9 +39,8 @@ DepthwiseBackwardPlan plan_depthwise_backward(const at::Tensor& grad_out, const 
                                               std::string_view activation, bool input_relu,
                                               std::array<bool, 3> output_mask);
 
-// The extra tensors the tiled CUDA programs (common/depthwise_tiled.h) read: the NHWC programs' [taps, C] weights
-// and the weight-gradient programs' partial sums. Called by the CUDA impl and the CPU emulator of those programs.
-void prepare_tiled_forward(DepthwiseForwardPlan& plan);
+// The workspace of the tiled CUDA weight-gradient programs (common/depthwise_tiled.h): their per-chunk partial sums.
+// Called by the CUDA impl and by the CPU emulator of those programs.
 void prepare_tiled_backward(DepthwiseBackwardPlan& plan);
 
 // After the kernels: grad_weight in the weight's dtype and shape.

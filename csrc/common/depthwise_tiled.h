@@ -4,24 +4,26 @@
 // A program is a block's work split into phases separated by block barriers: the CUDA kernel runs
 // `phase(k, block, thread, ...)` for every thread of a block with __syncthreads() between phases
 // (cuda/depthwise_kernel.cu); the emulator (cpu/depthwise_tiled_emulation.cpp, a test hook) runs the same phases
-// thread by thread on the CPU with NaN-filled, bounds-checked shared memory, so the CPU tests check the exact
-// tiling, indexing and arithmetic the GPU runs (tests/test_depthwise_tiled.py).
+// thread by thread on the CPU with NaN-filled, bounds-checked shared memory whose every access is tracked (a read of
+// an element no thread wrote, or one another thread wrote in the same phase, is an error), so the CPU tests check
+// the exact tiling, indexing and arithmetic the GPU runs (tests/test_depthwise_tiled.py).
 //
 // Programs (float, half, bfloat16; float32 accumulation; the generic kernels keep float64 and the cases below):
 //   NchwForward     a block = `planes` (n, oc) planes x a tile of outputs; the input halo tile (input ReLU and zero
 //                   padding applied) is staged in shared memory as float; each thread computes kRows outputs of one
 //                   column with the kernel's weights in registers; the epilogue (bias + activation) on the way out.
-//   NhwcForward     a thread = VEC channels (one 16-byte load) x kCols outputs of one row; taps x channels weights
-//                   (weight_by_tap) make each tap's VEC weights one load; multiplier 1.
+//   NhwcForward     a thread = VEC channels (one 16-byte load) x kCols outputs of one row, each input vector loaded
+//                   once for every output it reaches; the block's weights staged in shared memory as [tap][channel];
+//                   multiplier 1.
 //   NchwInputGrad   the transposed convolution as a gather: the activation-masked grad_out tile of the m output
 //                   planes of an input plane staged in shared memory; no atomics.
 //   NhwcInputGrad   one input pixel x VEC channels per thread, gathered from grad_out; multiplier 1.
 //   Nchw/NhwcParamGrad  weight and bias gradients of one channel (block of 32 channels) over a chunk of the batch's
 //                   positions, all taps at once, reduced in the block in a fixed order into per-chunk partials;
-//   ParamGradFinish sums the partials over the chunks in order. Deterministic always, and independent of the device
-//                   (chunking depends on the shape only).
-// Kernel size and stride are compile-time for 3x3 and 5x5 with stride 1 or 2 and dilation 1 (KH == 0: all from the
-// geometry at run time).
+//   ParamGradFinish adds each (channel, tap)'s partials in a fixed order. Deterministic always, and independent of
+//                   the device (the chunking depends on the shape only).
+// Kernel size and stride are compile-time for 3x3 and 5x5 with stride 1 or 2 and dilation 1 (otherwise all come
+// from the geometry at run time). y (the saved output) is read only when there is an activation to mask with.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -31,10 +33,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "common/depthwise.h"
 
@@ -43,16 +47,56 @@ namespace fastblocks::tiled {
 constexpr int kBlockThreads = 256;
 constexpr int64_t kMaxSharedFloats = 48 * 1024 / 4;  // the default per-block limit, no opt-in needed
 
-// Shared memory as a program sees it: a plain pointer on the GPU; bounds-checked in the emulator.
+// Host-only bookkeeping of the emulator: which thread wrote each shared element in the current phase, and whether
+// it was ever written in this block. A read of an element another thread wrote in the same phase (no barrier
+// between: a race on the GPU), two writers in one phase, or a read before any write is an error.
+struct SharedTracker {
+  std::vector<int> writer;
+  std::vector<char> written;
+  int thread = 0;
+  void begin_block(int64_t size) {
+    writer.assign(static_cast<size_t>(size), -1);
+    written.assign(static_cast<size_t>(size), 0);
+  }
+  void begin_phase() { std::fill(writer.begin(), writer.end(), -1); }
+  void on_store(int64_t i) {
+    TORCH_CHECK(writer[i] == -1 || writer[i] == thread, "tiled depthwise program: threads ", writer[i], " and ", thread,
+                " write shared element ", i, " in one phase");
+    writer[i] = thread;
+    written[i] = 1;
+  }
+  void on_load(int64_t i) const {
+    TORCH_CHECK(written[i], "tiled depthwise program: thread ", thread, " reads shared element ", i,
+                " that no thread wrote");
+    TORCH_CHECK(writer[i] == -1 || writer[i] == thread, "tiled depthwise program: thread ", thread,
+                " reads shared element ", i, " that thread ", writer[i], " wrote in the same phase (no barrier)");
+  }
+};
+
+// Shared memory as a program sees it: a plain pointer on the GPU; bounds-checked and tracked in the emulator.
 struct Shared {
   float* data;
   int64_t size;
-  C10_HOST_DEVICE float& operator[](int64_t i) const {
+  SharedTracker* tracker;  // emulator only; null on the GPU
+  C10_HOST_DEVICE float load(int64_t i) const {
 #if !defined(__CUDA_ARCH__)
-    TORCH_CHECK(i >= 0 && i < size, "tiled depthwise program: shared-memory index ", i, " outside [0, ", size, ")");
+    check(i);
+    if (tracker != nullptr) tracker->on_load(i);
 #endif
     return data[i];
   }
+  C10_HOST_DEVICE void store(int64_t i, float v) const {
+#if !defined(__CUDA_ARCH__)
+    check(i);
+    if (tracker != nullptr) tracker->on_store(i);
+#endif
+    data[i] = v;
+  }
+#if !defined(__CUDA_ARCH__)
+  void check(int64_t i) const {
+    TORCH_CHECK(i >= 0 && i < size, "tiled depthwise program: shared-memory index ", i, " outside [0, ", size, ")");
+  }
+#endif
 };
 
 struct NoState {};
@@ -60,6 +104,10 @@ struct NoState {};
 C10_HOST_DEVICE inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 C10_HOST_DEVICE inline int64_t ceil_div_signed(int64_t a, int64_t b) { return floor_div(a + b - 1, b); }
 C10_HOST_DEVICE inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+// a / b, in 32-bit arithmetic when both fit (a 64-bit division costs several times more instructions on the GPU).
+C10_HOST_DEVICE inline int64_t quotient(int64_t a, int64_t b) {
+  return ((a | b) >> 31) == 0 ? static_cast<int64_t>(static_cast<uint32_t>(a) / static_cast<uint32_t>(b)) : a / b;
+}
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int round_up(int a, int b) { return (a + b - 1) / b * b; }
 
@@ -71,7 +119,14 @@ struct alignas(sizeof(T) * VEC) VecPack {
 
 template <int VEC, typename T>
 C10_HOST_DEVICE inline void load_vec(const T* p, float (&out)[VEC]) {
-  const VecPack<T, VEC> pack = *reinterpret_cast<const VecPack<T, VEC>*>(p);
+  VecPack<T, VEC> pack;
+#if defined(__CUDA_ARCH__)
+  pack = *reinterpret_cast<const VecPack<T, VEC>*>(p);
+#else
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % alignof(VecPack<T, VEC>) == 0, "tiled depthwise program: misaligned ",
+              sizeof(pack), "-byte load");
+  std::memcpy(&pack, p, sizeof(pack));
+#endif
 #pragma unroll
   for (int k = 0; k < VEC; ++k) out[k] = static_cast<float>(pack.v[k]);
 }
@@ -81,7 +136,20 @@ C10_HOST_DEVICE inline void store_vec(T* p, const float (&in)[VEC]) {
   VecPack<T, VEC> pack;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) pack.v[k] = static_cast<T>(in[k]);
+#if defined(__CUDA_ARCH__)
   *reinterpret_cast<VecPack<T, VEC>*>(p) = pack;
+#else
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % alignof(VecPack<T, VEC>) == 0, "tiled depthwise program: misaligned ",
+              sizeof(pack), "-byte store");
+  std::memcpy(p, &pack, sizeof(pack));
+#endif
+}
+
+// act'(grad) from the saved output; y is not read when there is no activation.
+template <typename T>
+C10_HOST_DEVICE inline float masked_grad(Activation act, const T* gy, const T* y, int64_t off) {
+  const float g = static_cast<float>(gy[off]);
+  return act == Activation::kNone ? g : activation_grad(act, g, static_cast<float>(y[off]));
 }
 
 C10_HOST_DEVICE inline float input_value(float v, bool input_relu) {
@@ -233,7 +301,7 @@ struct NchwForward {
   bool ok() const { return tiling.planes > 0; }
   int64_t blocks() const { return tiling.blocks(); }
   int threads() const { return tiling.threads(); }
-  int64_t shared_floats() const { return static_cast<int64_t>(tiling.planes) * in_tile_h * in_tile_w; }
+  C10_HOST_DEVICE int64_t shared_floats() const { return static_cast<int64_t>(tiling.planes) * in_tile_h * in_tile_w; }
   std::string name() const { return std::string("nchw_forward<") + dtype_name<T>() + "," + shape_name<S>(g) + ">"; }
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
@@ -250,10 +318,11 @@ struct NchwForward {
         const int64_t plane = o.plane0 + p, ih = ih0 + r, iw = iw0 + c;
         float v = 0.f;
         if (plane < plane_count && ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w) {
-          const int64_t n = plane / g.out_channels(), ic = (plane % g.out_channels()) / g.multiplier;
+          const int64_t n = quotient(plane, g.out_channels());
+          const int64_t ic = quotient(plane - n * g.out_channels(), g.multiplier);
           v = input_value(static_cast<float>(x[((n * g.channels + ic) * g.in_h + ih) * g.in_w + iw]), input_relu);
         }
-        s[i] = v;
+        s.store(i, v);
       }
       return;
     }
@@ -276,13 +345,13 @@ struct NchwForward {
 #pragma unroll
         for (int kh = 0; kh < S::KH; ++kh)
 #pragma unroll
-          for (int kw = 0; kw < S::KW; ++kw) acc[j] += s[base + (j * S::SH + kh) * in_tile_w + kw] * wr[kh][kw];
+          for (int kw = 0; kw < S::KW; ++kw) acc[j] += s.load(base + (j * S::SH + kh) * in_tile_w + kw) * wr[kh][kw];
     } else {
       for (int64_t kh = 0; kh < t.kh(); ++kh) {
         for (int64_t kw = 0; kw < t.kw(); ++kw) {
           const float wv = static_cast<float>(w[(oc * t.kh() + kh) * t.kw() + kw]);
 #pragma unroll
-          for (int j = 0; j < kRows; ++j) acc[j] += s[base + (j * t.sh() + kh * t.dh()) * in_tile_w + kw * t.dw()] * wv;
+          for (int j = 0; j < kRows; ++j) acc[j] += s.load(base + (j * t.sh() + kh * t.dh()) * in_tile_w + kw * t.dw()) * wv;
         }
       }
     }
@@ -296,62 +365,120 @@ struct NchwForward {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// Forward, NHWC (channels_last), multiplier 1.
+// NHWC (channels_last), multiplier 1: a block = `lanes` consecutive channel vectors (the fastest index: a warp's
+// loads are contiguous) x `rows` work items (output column strips, or input pixels). Phase 0 stages the block's
+// channels' weights in shared memory as [tap][channel] floats, read from the weight's own [C, taps] layout (one
+// contiguous range, so no transposed copy is made per call); phase 1 computes.
+struct ChannelGroups {
+  int lanes = 0, rows = 0;  // lanes * rows <= kBlockThreads
+  int64_t vecs = 0, groups = 0, items = 0, item_blocks = 0;
+
+  static ChannelGroups make(int64_t vecs, int vec, int64_t items, int64_t taps) {
+    ChannelGroups c;
+    c.vecs = vecs;
+    c.lanes = static_cast<int>(std::min<int64_t>(vecs, 32));
+    while (c.lanes > 1 && taps * c.lanes * vec > kMaxSharedFloats) c.lanes /= 2;
+    if (taps * c.lanes * vec > kMaxSharedFloats) {
+      c.lanes = 0;
+      return c;
+    }
+    c.rows = kBlockThreads / c.lanes;
+    c.groups = ceil_div(vecs, c.lanes);
+    c.items = items;
+    c.item_blocks = ceil_div(items, c.rows);
+    return c;
+  }
+  bool ok() const { return lanes > 0; }
+  int64_t blocks() const { return groups * item_blocks; }
+  int threads() const { return round_up(lanes * rows, 32); }
+
+  // The block's channel group and first item; a thread's lane and item (-1: idle).
+  struct Slot {
+    int64_t group, vector, item;
+    int lane;
+  };
+  C10_HOST_DEVICE Slot slot(int64_t block, int thread) const {
+    Slot sl;
+    sl.group = block % groups;
+    sl.lane = thread % lanes;
+    const int row = thread / lanes;
+    sl.vector = sl.group * lanes + sl.lane;
+    sl.item = (block / groups) * rows + row;
+    if (row >= rows || sl.item >= items || sl.vector >= vecs) sl.item = -1;
+    return sl;
+  }
+
+  // Phase 0: weights of the group's channels [c_lo, c_lo + lanes * vec) as shared[tap * width + channel]; channels
+  // past C read as 0.
+  template <typename T>
+  C10_HOST_DEVICE void stage_weights(const T* w, int64_t channels, int64_t taps, int vec, int64_t block, int thread,
+                                     int threads, Shared s) const {
+    const int width = lanes * vec;
+    const int64_t c_lo = (block % groups) * width;
+    for (int64_t i = thread; i < taps * width; i += threads) {
+      const int64_t c = i / taps, tap = i - c * taps;  // i runs along the weight's memory: coalesced
+      s.store(tap * width + c, c_lo + c < channels ? static_cast<float>(w[(c_lo + c) * taps + tap]) : 0.f);
+    }
+  }
+};
+
 template <typename T, int VEC, typename S>
 struct NhwcForward {
-  static constexpr int kCols = S::kStatic ? 4 : 1, kPhases = 1;
+  static constexpr int kCols = S::kStatic ? 4 : 1, kPhases = 2;
   using State = NoState;
   const T* x;
-  const T* w_by_tap;  // [kh * kw, C]
+  const T* w;  // [C, kh * kw]
   const float* bias;
   T* out;
   DepthwiseGeometry g;
   Activation act;
   bool input_relu;
-  int64_t vecs, strips, items;  // channel vectors per pixel, column strips per row, threads' work items
+  int64_t strips;  // column strips of kCols outputs per output row
+  ChannelGroups cg;
 
   static NhwcForward make(const DepthwiseForwardArgs& a) {
-    NhwcForward p{static_cast<const T*>(a.x), static_cast<const T*>(a.weight_by_tap), static_cast<const float*>(a.bias),
-                  static_cast<T*>(a.out), a.geo, a.activation, a.input_relu, 0, 0, 0};
-    p.vecs = p.g.channels / VEC;
+    NhwcForward p{static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const float*>(a.bias),
+                  static_cast<T*>(a.out), a.geo, a.activation, a.input_relu, 0, {}};
     p.strips = ceil_div(p.g.out_w, kCols);
-    p.items = p.g.batch * p.g.out_h * p.strips * p.vecs;
+    p.cg = ChannelGroups::make(p.g.channels / VEC, VEC, p.g.batch * p.g.out_h * p.strips, p.g.taps());
     return p;
   }
-  bool ok() const { return true; }
-  int64_t blocks() const { return ceil_div(items, kBlockThreads); }
-  int threads() const { return kBlockThreads; }
-  int64_t shared_floats() const { return 0; }
+  bool ok() const { return cg.ok(); }
+  int64_t blocks() const { return cg.blocks(); }
+  int threads() const { return cg.threads(); }
+  C10_HOST_DEVICE int64_t shared_floats() const { return g.taps() * cg.lanes * VEC; }
   std::string name() const {
     return std::string("nhwc_forward<") + dtype_name<T>() + ",vec" + std::to_string(VEC) + "," + shape_name<S>(g) + ">";
   }
 
-  C10_HOST_DEVICE void phase(int, int64_t block, int thread, int threads, Shared, State&) const {
-    const int64_t item = block * threads + thread;
-    if (item >= items) return;
+  C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
+    if (k == 0) return cg.stage_weights(w, g.channels, g.taps(), VEC, block, thread, threads, s);
+    const auto sl = cg.slot(block, thread);
+    if (sl.item < 0) return;
     const Taps<S> t{g};
-    const int64_t C = g.channels, c0 = (item % vecs) * VEC;
-    int64_t rest = item / vecs;
-    const int64_t ow0 = (rest % strips) * kCols;
-    rest /= strips;
-    const int64_t oh = rest % g.out_h, n = rest / g.out_h;
+    const int width = cg.lanes * VEC, cl = sl.lane * VEC;
+    const int64_t C = g.channels, c0 = sl.vector * VEC;
+    const int64_t ow0 = (sl.item % strips) * kCols, row = sl.item / strips;
+    const int64_t oh = row % g.out_h, n = row / g.out_h;
     float acc[kCols][VEC] = {};
     const int64_t iw0 = ow0 * t.sw() - g.pad_w;
     for (int64_t kh = 0; kh < t.kh(); ++kh) {
       const int64_t ih = oh * t.sh() - g.pad_h + kh * t.dh();
       if (ih < 0 || ih >= g.in_h) continue;
-      const T* row = x + (n * g.in_h + ih) * g.in_w * C + c0;
+      const T* src = x + (n * g.in_h + ih) * g.in_w * C + c0;
       if constexpr (S::kStatic) {
         float wr[S::KW][VEC];
 #pragma unroll
-        for (int kw = 0; kw < S::KW; ++kw) load_vec<VEC>(w_by_tap + (kh * S::KW + kw) * C + c0, wr[kw]);
+        for (int kw = 0; kw < S::KW; ++kw)
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) wr[kw][v] = s.load((kh * S::KW + kw) * width + cl + v);
         // Input columns iw0 .. iw0 + (kCols - 1) * SW + KW - 1, each loaded once and used by every output it reaches.
 #pragma unroll
         for (int q = 0; q < (kCols - 1) * S::SW + S::KW; ++q) {
           const int64_t iw = iw0 + q;
           if (iw < 0 || iw >= g.in_w) continue;
           float xv[VEC];
-          load_vec<VEC>(row + iw * C, xv);
+          load_vec<VEC>(src + iw * C, xv);
 #pragma unroll
           for (int v = 0; v < VEC; ++v) xv[v] = input_value(xv[v], input_relu);
 #pragma unroll
@@ -366,11 +493,12 @@ struct NhwcForward {
         for (int64_t kw = 0; kw < t.kw(); ++kw) {
           const int64_t iw = iw0 + kw * t.dw();
           if (iw < 0 || iw >= g.in_w) continue;
-          float xv[VEC], wv[VEC];
-          load_vec<VEC>(row + iw * C, xv);
-          load_vec<VEC>(w_by_tap + (kh * t.kw() + kw) * C + c0, wv);
+          float xv[VEC];
+          load_vec<VEC>(src + iw * C, xv);
 #pragma unroll
-          for (int v = 0; v < VEC; ++v) acc[0][v] += input_value(xv[v], input_relu) * wv[v];
+          for (int v = 0; v < VEC; ++v) {
+            acc[0][v] += input_value(xv[v], input_relu) * s.load((kh * t.kw() + kw) * width + cl + v);
+          }
         }
       }
     }
@@ -429,7 +557,7 @@ struct NchwInputGrad {
   bool ok() const { return tiling.planes > 0; }
   int64_t blocks() const { return tiling.blocks(); }
   int threads() const { return tiling.threads(); }
-  int64_t shared_floats() const {
+  C10_HOST_DEVICE int64_t shared_floats() const {
     return static_cast<int64_t>(tiling.planes) * g.multiplier * out_tile_h * out_tile_w;
   }
   std::string name() const {
@@ -444,18 +572,19 @@ struct NchwInputGrad {
     const int64_t ow_lo = ceil_div_signed(o.col0 + g.pad_w - (t.kw() - 1) * t.dw(), t.sw());
     const int tile_floats = out_tile_h * out_tile_w;
     if (k == 0) {  // stage act'(grad_out) of the m output planes of each input plane
-      for (int64_t i = thread; i < tiling.planes * m * tile_floats; i += threads) {
-        const int64_t pj = i / tile_floats;  // plane * m + j
-        const int r = static_cast<int>((i - pj * tile_floats) / out_tile_w);
-        const int c = static_cast<int>(i % out_tile_w);
-        const int64_t plane = o.plane0 + pj / m, oh = oh_lo + r, ow = ow_lo + c;
+      const int total = static_cast<int>(shared_floats());  // <= kMaxSharedFloats
+      for (int i = thread; i < total; i += threads) {
+        const int pj = i / tile_floats;  // plane * m + j
+        const int r = (i - pj * tile_floats) / out_tile_w;
+        const int c = i % out_tile_w;
+        const int64_t pq = quotient(pj, m), plane = o.plane0 + pq, oh = oh_lo + r, ow = ow_lo + c;
         float v = 0.f;
         if (plane < plane_count && oh >= 0 && oh < g.out_h && ow >= 0 && ow < g.out_w) {
-          const int64_t n = plane / g.channels, oc = (plane % g.channels) * m + pj % m;
+          const int64_t n = quotient(plane, g.channels), oc = (plane - n * g.channels) * m + (pj - pq * m);
           const int64_t off = ((n * oc_count + oc) * g.out_h + oh) * g.out_w + ow;
-          v = activation_grad(act, static_cast<float>(gy[off]), static_cast<float>(y[off]));
+          v = masked_grad(act, gy, y, off);
         }
-        s[i] = v;
+        s.store(i, v);
       }
       return;
     }
@@ -480,7 +609,7 @@ struct NchwInputGrad {
           for (int64_t kw = 0; kw < t.kw(); ++kw) {
             const int64_t v = iw + g.pad_w - kw * t.dw() - ow_lo * t.sw();
             if (v % t.sw() != 0) continue;
-            acc[r] += s[tile + (u / t.sh()) * out_tile_w + v / t.sw()] *
+            acc[r] += s.load(tile + (u / t.sh()) * out_tile_w + v / t.sw()) *
                       static_cast<float>(w[(oc * t.kh() + kh) * t.kw() + kw]);
           }
         }
@@ -498,59 +627,66 @@ struct NchwInputGrad {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// grad_input, NHWC, multiplier 1: one input pixel x VEC channels per thread.
+// grad_input, NHWC, multiplier 1: one input pixel x VEC channels per thread, gathered from grad_out; the weights
+// staged as in NhwcForward.
 template <typename T, int VEC, typename S>
 struct NhwcInputGrad {
-  static constexpr int kPhases = 1;
+  static constexpr int kPhases = 2;
   using State = NoState;
   const T* gy;
   const T* y;
   const T* x;
-  const T* w_by_tap;
+  const T* w;
   T* gi;
   DepthwiseGeometry g;
   Activation act;
   bool input_relu;
-  int64_t vecs, items;
+  ChannelGroups cg;
 
   static NhwcInputGrad make(const DepthwiseBackwardArgs& a) {
     NhwcInputGrad p{static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
-                    static_cast<const T*>(a.weight_by_tap), static_cast<T*>(a.grad_input), a.geo, a.activation,
-                    a.input_relu, 0, 0};
-    p.vecs = p.g.channels / VEC;
-    p.items = p.g.batch * p.g.in_h * p.g.in_w * p.vecs;
+                    static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), a.geo, a.activation,
+                    a.input_relu, {}};
+    p.cg = ChannelGroups::make(p.g.channels / VEC, VEC, p.g.batch * p.g.in_h * p.g.in_w, p.g.taps());
     return p;
   }
-  bool ok() const { return true; }
-  int64_t blocks() const { return ceil_div(items, kBlockThreads); }
-  int threads() const { return kBlockThreads; }
-  int64_t shared_floats() const { return 0; }
+  bool ok() const { return cg.ok(); }
+  int64_t blocks() const { return cg.blocks(); }
+  int threads() const { return cg.threads(); }
+  C10_HOST_DEVICE int64_t shared_floats() const { return g.taps() * cg.lanes * VEC; }
   std::string name() const {
     return std::string("nhwc_input_grad<") + dtype_name<T>() + ",vec" + std::to_string(VEC) + "," +
            shape_name<S>(g) + ">";
   }
 
-  C10_HOST_DEVICE void phase(int, int64_t block, int thread, int threads, Shared, State&) const {
-    const int64_t item = block * threads + thread;
-    if (item >= items) return;
+  C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
+    if (k == 0) return cg.stage_weights(w, g.channels, g.taps(), VEC, block, thread, threads, s);
+    const auto sl = cg.slot(block, thread);
+    if (sl.item < 0) return;
     const Taps<S> t{g};
-    const int64_t C = g.channels, c0 = (item % vecs) * VEC, pixel = item / vecs;
+    const int width = cg.lanes * VEC, cl = sl.lane * VEC;
+    const int64_t C = g.channels, c0 = sl.vector * VEC, pixel = sl.item;
     const int64_t iw = pixel % g.in_w, ih = (pixel / g.in_w) % g.in_h, n = pixel / (g.in_w * g.in_h);
+    const bool masked = act != Activation::kNone;
     float acc[VEC] = {};
+#pragma unroll
     for (int64_t kh = 0; kh < t.kh(); ++kh) {
       const int64_t uh = ih + g.pad_h - kh * t.dh();
       if (uh < 0 || uh % t.sh() != 0 || uh / t.sh() >= g.out_h) continue;
       const int64_t row = (n * g.out_h + uh / t.sh()) * g.out_w;
+#pragma unroll
       for (int64_t kw = 0; kw < t.kw(); ++kw) {
         const int64_t uw = iw + g.pad_w - kw * t.dw();
         if (uw < 0 || uw % t.sw() != 0 || uw / t.sw() >= g.out_w) continue;
         const int64_t off = (row + uw / t.sw()) * C + c0;
-        float gv[VEC], yv[VEC], wv[VEC];
+        float gv[VEC], yv[VEC];
         load_vec<VEC>(gy + off, gv);
-        load_vec<VEC>(y + off, yv);
-        load_vec<VEC>(w_by_tap + (kh * t.kw() + kw) * C + c0, wv);
+        if (masked) load_vec<VEC>(y + off, yv);
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) acc[v] += activation_grad(act, gv[v], yv[v]) * wv[v];
+        for (int v = 0; v < VEC; ++v) {
+          const float grad = masked ? activation_grad(act, gv[v], yv[v]) : gv[v];
+          acc[v] += grad * s.load((kh * t.kw() + kw) * width + cl + v);
+        }
       }
     }
     const int64_t off = pixel * C + c0;
@@ -566,8 +702,8 @@ struct NhwcInputGrad {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Weight and bias gradients. Positions q = (n * out_h + oh) * out_w + ow of one output channel are cut into
-// `chunks` ranges of chunk_len; partial[(chunk * OC + oc) * (taps + 1) + tap] (tap == taps: the bias) holds a
-// chunk's sum, and ParamGradFinish adds the chunks in order.
+// `chunks` ranges of chunk_len; partial[((oc * (taps + 1) + tap) * chunks + chunk] (tap == taps: the bias) holds a
+// chunk's sum, and ParamGradFinish adds each (oc, tap)'s chunks in a fixed order.
 struct ParamGradChunks {
   int64_t chunks = 1, chunk_len = 0;
   static ParamGradChunks make(int64_t positions, int64_t column_blocks, int64_t min_len) {
@@ -583,30 +719,54 @@ inline int64_t param_grad_partial_floats(const DepthwiseGeometry& g, const Param
   return c.chunks * g.out_channels() * (g.taps() + 1);
 }
 
-// Per output position: act'(grad_out) and the taps' input values. Shared by the two layouts.
+// Output position (n, oh, ow) of flat position q, advanced by a fixed step without a division per step.
+struct PositionWalk {
+  int64_t n, oh, ow, d_n, d_oh, d_ow;
+  C10_HOST_DEVICE PositionWalk(int64_t q, int64_t step, const DepthwiseGeometry& g) {
+    ow = q % g.out_w;
+    const int64_t r = q / g.out_w;
+    oh = r % g.out_h;
+    n = r / g.out_h;
+    d_ow = step % g.out_w;
+    const int64_t dr = step / g.out_w;
+    d_oh = dr % g.out_h;
+    d_n = dr / g.out_h;
+  }
+  C10_HOST_DEVICE void advance(const DepthwiseGeometry& g) {
+    ow += d_ow;
+    oh += d_oh;
+    n += d_n;
+    if (ow >= g.out_w) ow -= g.out_w, ++oh;
+    if (oh >= g.out_h) oh -= g.out_h, ++n;
+  }
+};
+
+// One output position's terms: acc[tap] += grad * x'(tap's input), acc[taps] += grad. `plane` is the input
+// channel's plane of image n; row and column strides in elements.
 template <int KH, int KW, typename T>
-C10_HOST_DEVICE inline void accumulate_param_grad(float (&acc)[KH * KW + 1], float grad, const T* x,
-                                                  const DepthwiseGeometry& g, int64_t n, int64_t ic, int64_t oh,
-                                                  int64_t ow, bool input_relu) {
+C10_HOST_DEVICE inline void accumulate_param_grad(float (&acc)[KH * KW + 1], float grad, const T* plane,
+                                                  int64_t row_stride, int64_t col_stride, const DepthwiseGeometry& g,
+                                                  int64_t oh, int64_t ow, bool input_relu) {
   acc[KH * KW] += grad;
 #pragma unroll
   for (int kh = 0; kh < KH; ++kh) {
     const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;
     if (ih < 0 || ih >= g.in_h) continue;
+    const T* row = plane + ih * row_stride;
 #pragma unroll
     for (int kw = 0; kw < KW; ++kw) {
       const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
       if (iw < 0 || iw >= g.in_w) continue;
-      acc[kh * KW + kw] += grad * input_value(static_cast<float>(x[g.in_offset(n, ic, ih, iw)]), input_relu);
+      acc[kh * KW + kw] += grad * input_value(static_cast<float>(row[iw * col_stride]), input_relu);
     }
   }
 }
 
-// NCHW: a block = one output channel x one chunk; 256 threads stride over the chunk; the block's 256 x (taps + 1)
-// sums are reduced in shared memory in a fixed order (8 parts of 32, then the 8 parts).
+// NCHW: a block = one output channel x one chunk; 256 threads stride over the chunk. The block's 256 x (taps + 1)
+// sums are reduced in shared memory in a fixed order: 8 parts per (tap, lane) first, then the 32 lanes of a tap.
 template <typename T, int KH, int KW>
 struct NchwParamGrad {
-  static constexpr int kTaps = KH * KW + 1, kParts = 8, kPhases = 3;
+  static constexpr int kTaps = KH * KW + 1, kLanes = 32, kParts = kBlockThreads / kLanes, kPhases = 3;
   using State = NoState;
   const T* gy;
   const T* y;
@@ -618,7 +778,7 @@ struct NchwParamGrad {
   ParamGradChunks chunking;
 
   static ParamGradChunks chunks_for(const DepthwiseGeometry& g) {
-    return ParamGradChunks::make(g.batch * g.out_h * g.out_w, g.out_channels(), 2048);
+    return ParamGradChunks::make(g.batch * g.out_h * g.out_w, g.out_channels(), 1024);
   }
   static NchwParamGrad make(const DepthwiseBackwardArgs& a) {
     return {static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
@@ -627,7 +787,7 @@ struct NchwParamGrad {
   bool ok() const { return true; }
   int64_t blocks() const { return chunking.chunks * g.out_channels(); }
   int threads() const { return kBlockThreads; }
-  int64_t shared_floats() const { return kTaps * (kBlockThreads + kParts); }
+  C10_HOST_DEVICE int64_t shared_floats() const { return kTaps * (kBlockThreads + kLanes); }
   std::string name() const {
     return std::string("nchw_param_grad<") + dtype_name<T>() + "," + std::to_string(KH) + "x" + std::to_string(KW) +
            ">";
@@ -635,30 +795,34 @@ struct NchwParamGrad {
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
     const int64_t chunk = block % chunking.chunks, oc = block / chunking.chunks;
+    const int64_t lane_sums = kTaps * kBlockThreads;  // second region: [lane][tap]
     if (k == 0) {
       float acc[kTaps] = {};
+      const int64_t begin = chunk * chunking.chunk_len + thread;
       const int64_t end = min64(g.batch * g.out_h * g.out_w, (chunk + 1) * chunking.chunk_len);
-      for (int64_t q = chunk * chunking.chunk_len + thread; q < end; q += threads) {
-        const int64_t ow = q % g.out_w, oh = (q / g.out_w) % g.out_h, n = q / (g.out_w * g.out_h);
-        const int64_t off = ((n * g.out_channels() + oc) * g.out_h + oh) * g.out_w + ow;
-        const float grad = activation_grad(act, static_cast<float>(gy[off]), static_cast<float>(y[off]));
-        accumulate_param_grad<KH, KW>(acc, grad, x, g, n, oc / g.multiplier, oh, ow, input_relu);
+      if (begin < end) {
+        PositionWalk p(begin, threads, g);
+        const int64_t ic = oc / g.multiplier, plane = g.in_h * g.in_w;
+        for (int64_t q = begin; q < end; q += threads, p.advance(g)) {
+          const int64_t off = ((p.n * g.out_channels() + oc) * g.out_h + p.oh) * g.out_w + p.ow;
+          accumulate_param_grad<KH, KW>(acc, masked_grad(act, gy, y, off), x + (p.n * g.channels + ic) * plane,
+                                        g.in_w, 1, g, p.oh, p.ow, input_relu);
+        }
       }
 #pragma unroll
-      for (int tap = 0; tap < kTaps; ++tap) s[tap * kBlockThreads + thread] = acc[tap];
+      for (int tap = 0; tap < kTaps; ++tap) s.store(tap * kBlockThreads + thread, acc[tap]);
     } else if (k == 1) {
-      constexpr int kPerPart = kBlockThreads / kParts;
-      for (int i = thread; i < kTaps * kParts; i += threads) {
-        const int tap = i / kParts, part = i % kParts;
+      for (int i = thread; i < kTaps * kLanes; i += threads) {  // consecutive threads: consecutive lanes
+        const int tap = i / kLanes, lane = i % kLanes;
         float sum = 0.f;
-        for (int j = 0; j < kPerPart; ++j) sum += s[tap * kBlockThreads + part * kPerPart + j];
-        s[kTaps * kBlockThreads + i] = sum;
+        for (int part = 0; part < kParts; ++part) sum += s.load(tap * kBlockThreads + part * kLanes + lane);
+        s.store(lane_sums + lane * kTaps + tap, sum);
       }
     } else {
       for (int tap = thread; tap < kTaps; tap += threads) {
         float sum = 0.f;
-        for (int part = 0; part < kParts; ++part) sum += s[kTaps * kBlockThreads + tap * kParts + part];
-        partial[(chunk * g.out_channels() + oc) * kTaps + tap] = sum;
+        for (int lane = 0; lane < kLanes; ++lane) sum += s.load(lane_sums + lane * kTaps + tap);
+        partial[(oc * kTaps + tap) * chunking.chunks + chunk] = sum;
       }
     }
   }
@@ -688,7 +852,7 @@ struct NhwcParamGrad {
   bool ok() const { return true; }
   int64_t blocks() const { return chunking.chunks * ceil_div(g.out_channels(), kLanes); }
   int threads() const { return kBlockThreads; }
-  int64_t shared_floats() const { return kTaps * kBlockThreads; }
+  C10_HOST_DEVICE int64_t shared_floats() const { return kTaps * kBlockThreads; }
   std::string name() const {
     return std::string("nhwc_param_grad<") + dtype_name<T>() + "," + std::to_string(KH) + "x" + std::to_string(KW) +
            ">";
@@ -701,17 +865,18 @@ struct NhwcParamGrad {
       const int lane = thread % kLanes, group = thread / kLanes;
       const int64_t oc = oc0 + lane;
       float acc[kTaps] = {};
-      if (oc < OC) {
-        const int64_t end = min64(g.batch * g.out_h * g.out_w, (chunk + 1) * chunking.chunk_len);
-        for (int64_t q = chunk * chunking.chunk_len + group; q < end; q += kGroups) {
-          const int64_t ow = q % g.out_w, oh = (q / g.out_w) % g.out_h, n = q / (g.out_w * g.out_h);
-          const int64_t off = q * OC + oc;
-          const float grad = activation_grad(act, static_cast<float>(gy[off]), static_cast<float>(y[off]));
-          accumulate_param_grad<KH, KW>(acc, grad, x, g, n, oc / g.multiplier, oh, ow, input_relu);
+      const int64_t begin = chunk * chunking.chunk_len + group;
+      const int64_t end = min64(g.batch * g.out_h * g.out_w, (chunk + 1) * chunking.chunk_len);
+      if (oc < OC && begin < end) {
+        PositionWalk p(begin, kGroups, g);
+        const int64_t ic = oc / g.multiplier, image = g.in_h * g.in_w * g.channels;
+        for (int64_t q = begin; q < end; q += kGroups, p.advance(g)) {
+          accumulate_param_grad<KH, KW>(acc, masked_grad(act, gy, y, q * OC + oc), x + p.n * image + ic,
+                                        g.in_w * g.channels, g.channels, g, p.oh, p.ow, input_relu);
         }
       }
 #pragma unroll
-      for (int tap = 0; tap < kTaps; ++tap) s[(tap * kGroups + group) * kLanes + lane] = acc[tap];
+      for (int tap = 0; tap < kTaps; ++tap) s.store((tap * kGroups + group) * kLanes + lane, acc[tap]);
       return;
     }
     for (int i = thread; i < kTaps * kLanes; i += threads) {
@@ -719,15 +884,16 @@ struct NhwcParamGrad {
       const int64_t oc = oc0 + lane;
       if (oc >= OC) continue;
       float sum = 0.f;
-      for (int group = 0; group < kGroups; ++group) sum += s[(tap * kGroups + group) * kLanes + lane];
-      partial[(chunk * OC + oc) * kTaps + tap] = sum;
+      for (int group = 0; group < kGroups; ++group) sum += s.load((tap * kGroups + group) * kLanes + lane);
+      partial[(oc * kTaps + tap) * chunking.chunks + chunk] = sum;
     }
   }
 };
 
-// grad_weight[oc, tap] and grad_bias[oc]: the chunks' partials added in order.
+// grad_weight[oc, tap] and grad_bias[oc]: a block = 8 (oc, tap) items x 32 lanes; lane l adds chunks l, l + 32, ...
+// in order (coalesced), then the item's 32 lane sums are added in order.
 struct ParamGradFinish {
-  static constexpr int kPhases = 1;
+  static constexpr int kLanes = 32, kItems = kBlockThreads / kLanes, kPhases = 2;
   using State = NoState;
   const float* partial;
   float* grad_weight;  // [OC, taps] or null
@@ -735,17 +901,27 @@ struct ParamGradFinish {
   int64_t out_channels, taps, chunks;
 
   bool ok() const { return true; }
-  int64_t blocks() const { return ceil_div(out_channels * (taps + 1), kBlockThreads); }
+  int64_t blocks() const { return ceil_div(out_channels * (taps + 1), kItems); }
   int threads() const { return kBlockThreads; }
-  int64_t shared_floats() const { return 0; }
+  C10_HOST_DEVICE int64_t shared_floats() const { return kBlockThreads; }
   std::string name() const { return "param_grad_finish"; }
 
-  C10_HOST_DEVICE void phase(int, int64_t block, int thread, int threads, Shared, State&) const {
-    const int64_t i = block * threads + thread;
-    if (i >= out_channels * (taps + 1)) return;
-    const int64_t oc = i / (taps + 1), tap = i % (taps + 1);
+  C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int, Shared s, State&) const {
+    const int64_t items = out_channels * (taps + 1);
+    if (k == 0) {
+      const int64_t item = block * kItems + thread / kLanes;
+      float sum = 0.f;
+      if (item < items) {
+        for (int64_t c = thread % kLanes; c < chunks; c += kLanes) sum += partial[item * chunks + c];
+      }
+      s.store(thread, sum);
+      return;
+    }
+    const int64_t item = block * kItems + thread;
+    if (thread >= kItems || item >= items) return;
     float sum = 0.f;
-    for (int64_t c = 0; c < chunks; ++c) sum += partial[(c * out_channels + oc) * (taps + 1) + tap];
+    for (int lane = 0; lane < kLanes; ++lane) sum += s.load(thread * kLanes + lane);
+    const int64_t oc = item / (taps + 1), tap = item % (taps + 1);
     if (tap == taps) {
       if (grad_bias != nullptr) grad_bias[oc] = sum;
     } else if (grad_weight != nullptr) {
@@ -768,76 +944,69 @@ bool with_tiled_dtype(c10::ScalarType dtype, F&& f) {
   }
 }
 
-// The channel-vector width of the NHWC programs: 16 bytes when the channels and every pointer allow it, else 1
-// (then only the dynamic shape is compiled, to keep the instantiations down).
-template <typename T>
-int nhwc_vec(int64_t channels, std::initializer_list<const void*> ptrs) {
-  constexpr int kWide = 16 / static_cast<int>(sizeof(T));
-  bool ok = channels % kWide == 0;
-  for (const void* p : ptrs) ok = ok && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
-  return ok ? kWide : 1;
+// Calls f with the NHWC program P<T, VEC, shape> (16-byte channel vectors when `aligned`, else one channel at a time
+// with the dynamic shape); false when the multiplier is not 1 or the weights do not fit in shared memory.
+template <template <typename, int, typename> class P, typename T, typename Args, typename F>
+bool with_nhwc_program(const Args& a, bool aligned, F&& f) {
+  if (a.geo.multiplier != 1) return false;
+  constexpr int kWide = 16 / sizeof(T);
+  bool launched = false;
+  const auto run = [&](const auto& program) {
+    if (program.ok()) {
+      f(program);
+      launched = true;
+    }
+  };
+  if (aligned && a.geo.channels % kWide == 0) {
+    with_kernel_shape(a.geo, [&](auto shape) { run(P<T, kWide, decltype(shape)>::make(a)); });
+  } else {
+    run(P<T, 1, DynamicShape>::make(a));
+  }
+  return launched;
 }
 
-// NHWC programs need multiplier 1 and the [taps, C] weights.
-inline bool nhwc_tiled_ok(const DepthwiseGeometry& g, const void* weight_by_tap) {
-  return g.multiplier == 1 && weight_by_tap != nullptr;
+// Calls f with the NCHW program P<T, shape>; false when its tile does not fit in shared memory.
+template <template <typename, typename> class P, typename T, typename Args, typename F>
+bool with_nchw_program(const Args& a, F&& f) {
+  bool launched = false;
+  with_kernel_shape(a.geo, [&](auto shape) {
+    const auto program = P<T, decltype(shape)>::make(a);
+    if (program.ok()) {
+      f(program);
+      launched = true;
+    }
+  });
+  return launched;
+}
+
+inline bool aligned16(std::initializer_list<const void*> ptrs) {
+  bool ok = true;
+  for (const void* p : ptrs) ok = ok && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
+  return ok;
 }
 
 template <typename F>
 bool with_forward_program(const DepthwiseForwardArgs& a, F&& f) {
-  const DepthwiseGeometry& g = a.geo;
-  if (g.channels_last && !nhwc_tiled_ok(g, a.weight_by_tap)) return false;
   bool launched = false;
-  const bool typed = with_tiled_dtype(a.dtype, [&](auto zero) {
+  with_tiled_dtype(a.dtype, [&](auto zero) {
     using T = decltype(zero);
-    if (g.channels_last) {
-      constexpr int kWide = 16 / sizeof(T);
-      if (nhwc_vec<T>(g.channels, {a.x, a.out, a.weight_by_tap}) == kWide) {
-        with_kernel_shape(g, [&](auto shape) { f(NhwcForward<T, kWide, decltype(shape)>::make(a)); });
-      } else {
-        f(NhwcForward<T, 1, DynamicShape>::make(a));
-      }
-      launched = true;
-    } else {
-      with_kernel_shape(g, [&](auto shape) {
-        const auto p = NchwForward<T, decltype(shape)>::make(a);
-        if (p.ok()) {
-          f(p);
-          launched = true;
-        }
-      });
-    }
+    launched = a.geo.channels_last ? with_nhwc_program<NhwcForward, T>(a, aligned16({a.x, a.out}), f)
+                                   : with_nchw_program<NchwForward, T>(a, f);
   });
-  return typed && launched;
+  return launched;
 }
 
 template <typename F>
 bool with_input_grad_program(const DepthwiseBackwardArgs& a, F&& f) {
-  const DepthwiseGeometry& g = a.geo;
   if (a.grad_input == nullptr) return false;
-  if (g.channels_last && !nhwc_tiled_ok(g, a.weight_by_tap)) return false;
   bool launched = false;
-  const bool typed = with_tiled_dtype(a.dtype, [&](auto zero) {
+  with_tiled_dtype(a.dtype, [&](auto zero) {
     using T = decltype(zero);
-    if (g.channels_last) {
-      constexpr int kWide = 16 / sizeof(T);
-      if (nhwc_vec<T>(g.channels, {a.grad_out, a.out, a.x, a.grad_input, a.weight_by_tap}) == kWide) {
-        with_kernel_shape(g, [&](auto shape) { f(NhwcInputGrad<T, kWide, decltype(shape)>::make(a)); });
-      } else {
-        f(NhwcInputGrad<T, 1, DynamicShape>::make(a));
-      }
-      launched = true;
-    } else {
-      with_kernel_shape(g, [&](auto shape) {
-        const auto p = NchwInputGrad<T, decltype(shape)>::make(a);
-        if (p.ok()) {
-          f(p);
-          launched = true;
-        }
-      });
-    }
+    launched = a.geo.channels_last
+                   ? with_nhwc_program<NhwcInputGrad, T>(a, aligned16({a.grad_out, a.out, a.x, a.grad_input}), f)
+                   : with_nchw_program<NchwInputGrad, T>(a, f);
   });
-  return typed && launched;
+  return launched;
 }
 
 // The weight/bias gradient programs cover 3x3 and 5x5 kernels (any stride, padding, dilation, multiplier).

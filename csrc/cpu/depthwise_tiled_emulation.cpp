@@ -17,6 +17,9 @@ namespace {
 
 constexpr const char* kOp = "_emulate_tiled_depthwise";
 
+// Blocks one after another; within a phase, threads one after another (in reverse order on odd blocks); a block
+// barrier is the end of a phase. Shared memory starts NaN-filled for every block, and the tracker rejects reads of
+// unwritten elements and reads or writes that would race on the GPU.
 template <class P>
 void emulate(const P& program, std::vector<std::string>& names) {
   names.push_back(program.name());
@@ -27,15 +30,24 @@ void emulate(const P& program, std::vector<std::string>& names) {
   TORCH_CHECK(shared <= tiled::kMaxSharedFloats, program.name(), ": ", shared, " floats of shared memory");
   std::vector<float> smem(static_cast<size_t>(std::max<int64_t>(shared, 1)));
   std::vector<typename P::State> states(static_cast<size_t>(threads));
+  tiled::SharedTracker tracker;
+  const tiled::Shared view{smem.data(), shared, &tracker};
   for (int64_t b = 0; b < program.blocks(); ++b) {
-    // Unwritten shared memory reads as NaN and poisons the result.
     std::fill(smem.begin(), smem.end(), std::numeric_limits<float>::quiet_NaN());
     std::fill(states.begin(), states.end(), typename P::State{});
+    tracker.begin_block(shared);
     for (int k = 0; k < P::kPhases; ++k) {
-      for (int t = 0; t < threads; ++t) program.phase(k, b, t, threads, tiled::Shared{smem.data(), shared}, states[t]);
+      tracker.begin_phase();
+      for (int i = 0; i < threads; ++i) {
+        const int t = b % 2 == 0 ? i : threads - 1 - i;
+        tracker.thread = t;
+        program.phase(k, b, t, threads, view, states[t]);
+      }
     }
   }
 }
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 void check_cpu(const at::Tensor& t, const char* name) {
   FASTBLOCKS_CHECK_ARG(t.device().is_cpu(), kOp, name, "must be a CPU tensor (this emulates the CUDA programs)");
@@ -48,7 +60,7 @@ std::tuple<at::Tensor, std::vector<std::string>> emulate_tiled_depthwise_forward
     std::vector<int64_t> padding, std::vector<int64_t> dilation, const std::string& activation, bool input_relu) {
   check_cpu(x, "x");
   auto plan = plan_depthwise_forward(x, weight, bias, stride, padding, dilation, activation, input_relu);
-  prepare_tiled_forward(plan);
+  plan.out.fill_(kNaN);  // every output the programs leave unwritten shows
   std::vector<std::string> names;
   if (plan.out.numel() == 0) return {plan.out, names};
   if (!tiled::with_forward_program(plan.args, [&](const auto& p) { emulate(p, names); })) {
@@ -68,6 +80,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<std::string>> emulate
   bool params_generic = false;
   if (out.numel() > 0) {
     prepare_tiled_backward(plan);
+    for (at::Tensor* t : {&plan.grad_input, &plan.grad_weight_acc, &plan.grad_bias, &plan.workspace}) {
+      if (t->defined()) t->fill_(kNaN);
+    }
     const auto& a = plan.args;
     if (a.grad_input != nullptr &&
         !tiled::with_input_grad_program(a, [&](const auto& p) { emulate(p, names); })) {

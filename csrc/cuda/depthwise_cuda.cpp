@@ -24,7 +24,6 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, 
   auto plan = plan_depthwise_forward(x, weight, bias, stride, padding, dilation,
                                      std::string_view(activation.data(), activation.size()), input_relu);
   if (plan.out.numel() > 0) {
-    prepare_tiled_forward(plan);
     cuda::launch_depthwise_forward(plan.args, c10::cuda::getCurrentCUDAStream(x.get_device()).stream());
   }
   return plan.out;

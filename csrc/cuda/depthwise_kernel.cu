@@ -53,24 +53,27 @@ template <typename T, Activation A, bool INPUT_RELU>
 __global__ void __launch_bounds__(kThreads)
     depthwise_param_grad_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
                                 acc_t<T>* __restrict__ grad_weight, acc_t<T>* __restrict__ grad_bias,
-                                int64_t first_tap, DepthwiseGeometry g) {
+                                int64_t first_tap, int64_t last_tap, DepthwiseGeometry g) {
   using acc = acc_t<T>;
   __shared__ acc scratch[32];
-  const int64_t oc = blockIdx.x;
-  const int64_t tap = first_tap + blockIdx.y;
   const int64_t positions = g.batch * g.out_h * g.out_w;
-  acc sum = 0;
-  for (int64_t k = threadIdx.x; k < positions; k += blockDim.x) {
-    const int64_t ow = k % g.out_w;
-    const int64_t rest = k / g.out_w;
-    sum += depthwise_param_grad_term<A, INPUT_RELU>(gy, y, x, g, rest / g.out_h, oc, tap, rest % g.out_h, ow);
-  }
-  sum = block_sum(sum, scratch);
-  if (threadIdx.x == 0) {
-    if (tap == g.taps()) {
-      grad_bias[oc] = sum;
-    } else {
-      grad_weight[oc * g.taps() + tap] = sum;
+  // Grid-stride over channels and taps (gridDim.y is at most 65535).
+  for (int64_t oc = blockIdx.x; oc < g.out_channels(); oc += gridDim.x) {
+    for (int64_t tap = first_tap + blockIdx.y; tap <= last_tap; tap += gridDim.y) {
+      acc sum = 0;
+      for (int64_t k = threadIdx.x; k < positions; k += blockDim.x) {
+        const int64_t ow = k % g.out_w;
+        const int64_t rest = k / g.out_w;
+        sum += depthwise_param_grad_term<A, INPUT_RELU>(gy, y, x, g, rest / g.out_h, oc, tap, rest % g.out_h, ow);
+      }
+      sum = block_sum(sum, scratch);
+      if (threadIdx.x == 0) {
+        if (tap == g.taps()) {
+          grad_bias[oc] = sum;
+        } else {
+          grad_weight[oc * g.taps() + tap] = sum;
+        }
+      }
     }
   }
 }
@@ -101,6 +104,10 @@ void launch_program(const Program& program, cudaStream_t stream) {
   const int64_t blocks = program.blocks();
   if (blocks == 0) return;
   const int64_t shared_floats = program.shared_floats();
+  TORCH_INTERNAL_ASSERT(program.threads() > 0 && program.threads() <= tiled::kBlockThreads &&
+                            shared_floats <= tiled::kMaxSharedFloats,
+                        program.name(), ": block of ", program.threads(), " threads, ", shared_floats,
+                        " floats of shared memory");
   const auto grid = static_cast<unsigned>(std::min<int64_t>(blocks, int64_t(1) << 30));
   tiled_program_kernel<Program><<<grid, program.threads(), static_cast<size_t>(shared_floats) * sizeof(float), stream>>>(
       program, blocks, shared_floats);
@@ -150,9 +157,10 @@ void launch_depthwise_backward(const DepthwiseBackwardArgs& a, cudaStream_t stre
         if (!params_done) {
           const int64_t first_tap = a.grad_weight != nullptr ? 0 : g.taps();
           const int64_t last_tap = a.grad_bias != nullptr ? g.taps() : g.taps() - 1;
-          const dim3 grid(static_cast<unsigned>(g.out_channels()), static_cast<unsigned>(last_tap - first_tap + 1));
+          const dim3 grid(static_cast<unsigned>(std::min<int64_t>(g.out_channels(), int64_t(1) << 30)),
+                          static_cast<unsigned>(std::min<int64_t>(last_tap - first_tap + 1, 65535)));
           depthwise_param_grad_kernel<T, A, INPUT_RELU><<<grid, kThreads, 0, stream>>>(
-              gy, y, x, static_cast<acc*>(a.grad_weight), static_cast<acc*>(a.grad_bias), first_tap, g);
+              gy, y, x, static_cast<acc*>(a.grad_weight), static_cast<acc*>(a.grad_bias), first_tap, last_tap, g);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });
