@@ -32,6 +32,7 @@ GEOMETRIES = [
     (8, 1, 9, 12, (2, 3), 1, (1, 0), 1),  # non-square kernel
     (8, 1, 7, 7, (1, 1), 1, (0, 0), 1),  # 1x1
     (16, 1, 3, 2, (3, 3), 2, (1, 1), 1),  # output smaller than a tile
+    (8, 1, 6, 7, (3, 3), 1, (3, 2), 1),  # padding past the kernel: output larger than the input
 ]
 GEOMETRY_IDS = [f"c{c}m{m}_{h}x{w}_k{k[0]}x{k[1]}s{s}p{p[0]}{p[1]}d{d}" for c, m, h, w, k, s, p, d in GEOMETRIES]
 EPILOGUES = [("none", False), ("relu", True), ("relu6", False)]

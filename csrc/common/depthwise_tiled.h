@@ -17,7 +17,8 @@
 //                   multiplier 1.
 //   NchwInputGrad   the transposed convolution as a gather: the activation-masked grad_out tile of the m output
 //                   planes of an input plane staged in shared memory; no atomics.
-//   NhwcInputGrad   one input pixel x VEC channels per thread, gathered from grad_out; multiplier 1.
+//   NhwcInputGrad   VEC channels x a strip of input columns per thread (stride 1; else one pixel), gathered from
+//                   grad_out; multiplier 1.
 //   Nchw/NhwcParamGrad  weight and bias gradients of one channel (block of 32 channels) over a chunk of the batch's
 //                   positions, all taps at once, reduced in the block in a fixed order into per-chunk partials;
 //   ParamGradFinish adds each (channel, tap)'s partials in a fixed order. Deterministic always, and independent of
@@ -627,11 +628,12 @@ struct NchwInputGrad {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// grad_input, NHWC, multiplier 1: one input pixel x VEC channels per thread, gathered from grad_out; the weights
-// staged as in NhwcForward.
+// grad_input, NHWC, multiplier 1, gathered from grad_out; the weights staged as in NhwcForward. A thread = VEC
+// channels x kCols input columns of one row: at stride 1 (compile-time shapes) each act'(grad_out) vector is loaded
+// once for all the columns it reaches; otherwise one pixel per thread.
 template <typename T, int VEC, typename S>
 struct NhwcInputGrad {
-  static constexpr int kPhases = 2;
+  static constexpr int kCols = (S::kStatic && S::SH == 1 && S::SW == 1) ? 4 : 1, kPhases = 2;
   using State = NoState;
   const T* gy;
   const T* y;
@@ -641,13 +643,15 @@ struct NhwcInputGrad {
   DepthwiseGeometry g;
   Activation act;
   bool input_relu;
+  int64_t strips;
   ChannelGroups cg;
 
   static NhwcInputGrad make(const DepthwiseBackwardArgs& a) {
     NhwcInputGrad p{static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
                     static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), a.geo, a.activation,
-                    a.input_relu, {}};
-    p.cg = ChannelGroups::make(p.g.channels / VEC, VEC, p.g.batch * p.g.in_h * p.g.in_w, p.g.taps());
+                    a.input_relu, 0, {}};
+    p.strips = ceil_div(p.g.in_w, kCols);
+    p.cg = ChannelGroups::make(p.g.channels / VEC, VEC, p.g.batch * p.g.in_h * p.strips, p.g.taps());
     return p;
   }
   bool ok() const { return cg.ok(); }
@@ -659,44 +663,84 @@ struct NhwcInputGrad {
            shape_name<S>(g) + ">";
   }
 
+  // act'(grad_out) at output (n, oh, ow), channels c0 .. c0 + VEC - 1.
+  C10_HOST_DEVICE void masked_vec(int64_t off, float (&out)[VEC]) const {
+    load_vec<VEC>(gy + off, out);
+    if (act != Activation::kNone) {
+      float yv[VEC];
+      load_vec<VEC>(y + off, yv);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) out[v] = activation_grad(act, out[v], yv[v]);
+    }
+  }
+
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
     if (k == 0) return cg.stage_weights(w, g.channels, g.taps(), VEC, block, thread, threads, s);
     const auto sl = cg.slot(block, thread);
     if (sl.item < 0) return;
     const Taps<S> t{g};
     const int width = cg.lanes * VEC, cl = sl.lane * VEC;
-    const int64_t C = g.channels, c0 = sl.vector * VEC, pixel = sl.item;
-    const int64_t iw = pixel % g.in_w, ih = (pixel / g.in_w) % g.in_h, n = pixel / (g.in_w * g.in_h);
-    const bool masked = act != Activation::kNone;
-    float acc[VEC] = {};
+    const int64_t C = g.channels, c0 = sl.vector * VEC;
+    const int64_t iw0 = (sl.item % strips) * kCols, row = sl.item / strips;
+    const int64_t ih = row % g.in_h, n = row / g.in_h;
+    float acc[kCols][VEC] = {};
+    if constexpr (kCols > 1) {
+      // Output columns ow0 .. ow0 + kCols + KW - 2 reach input columns iw0 .. iw0 + kCols - 1 (stride 1).
+      const int64_t ow0 = iw0 + g.pad_w - (S::KW - 1);
 #pragma unroll
-    for (int64_t kh = 0; kh < t.kh(); ++kh) {
-      const int64_t uh = ih + g.pad_h - kh * t.dh();
-      if (uh < 0 || uh % t.sh() != 0 || uh / t.sh() >= g.out_h) continue;
-      const int64_t row = (n * g.out_h + uh / t.sh()) * g.out_w;
+      for (int kh = 0; kh < S::KH; ++kh) {
+        const int64_t oh = ih + g.pad_h - kh;
+        if (oh < 0 || oh >= g.out_h) continue;
+        float wr[S::KW][VEC];
 #pragma unroll
-      for (int64_t kw = 0; kw < t.kw(); ++kw) {
-        const int64_t uw = iw + g.pad_w - kw * t.dw();
-        if (uw < 0 || uw % t.sw() != 0 || uw / t.sw() >= g.out_w) continue;
-        const int64_t off = (row + uw / t.sw()) * C + c0;
-        float gv[VEC], yv[VEC];
-        load_vec<VEC>(gy + off, gv);
-        if (masked) load_vec<VEC>(y + off, yv);
+        for (int kw = 0; kw < S::KW; ++kw)
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) {
-          const float grad = masked ? activation_grad(act, gv[v], yv[v]) : gv[v];
-          acc[v] += grad * s.load((kh * t.kw() + kw) * width + cl + v);
+          for (int v = 0; v < VEC; ++v) wr[kw][v] = s.load((kh * S::KW + kw) * width + cl + v);
+        const int64_t row_off = (n * g.out_h + oh) * g.out_w;
+#pragma unroll
+        for (int q = 0; q < kCols + S::KW - 1; ++q) {
+          const int64_t ow = ow0 + q;
+          if (ow < 0 || ow >= g.out_w) continue;
+          float gv[VEC];
+          masked_vec((row_off + ow) * C + c0, gv);
+#pragma unroll
+          for (int j = 0; j < kCols; ++j) {
+            const int kw = j + S::KW - 1 - q;  // input column iw0 + j = ow - pad_w + kw
+            if (kw < 0 || kw >= S::KW) continue;
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) acc[j][v] += gv[v] * wr[kw][v];
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int64_t kh = 0; kh < t.kh(); ++kh) {
+        const int64_t uh = ih + g.pad_h - kh * t.dh();
+        if (uh < 0 || uh % t.sh() != 0 || uh / t.sh() >= g.out_h) continue;
+        const int64_t row_off = (n * g.out_h + uh / t.sh()) * g.out_w;
+#pragma unroll
+        for (int64_t kw = 0; kw < t.kw(); ++kw) {
+          const int64_t uw = iw0 + g.pad_w - kw * t.dw();
+          if (uw < 0 || uw % t.sw() != 0 || uw / t.sw() >= g.out_w) continue;
+          float gv[VEC];
+          masked_vec((row_off + uw / t.sw()) * C + c0, gv);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) acc[0][v] += gv[v] * s.load((kh * t.kw() + kw) * width + cl + v);
         }
       }
     }
-    const int64_t off = pixel * C + c0;
-    if (input_relu) {
-      float xv[VEC];
-      load_vec<VEC>(x + off, xv);
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) acc[v] = xv[v] > 0.f ? acc[v] : 0.f;
+    for (int j = 0; j < kCols; ++j) {
+      if (iw0 + j >= g.in_w) break;
+      const int64_t off = ((n * g.in_h + ih) * g.in_w + iw0 + j) * C + c0;
+      if (input_relu) {
+        float xv[VEC];
+        load_vec<VEC>(x + off, xv);
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) acc[j][v] = xv[v] > 0.f ? acc[j][v] : 0.f;
+      }
+      store_vec<VEC>(gi + off, acc[j]);
     }
-    store_vec<VEC>(gi + off, acc);
   }
 };
 
