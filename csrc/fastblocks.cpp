@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/depthwise_backend.h"
 #include "cpu/depthwise_tiled_emulation.h"
 #include "cpu/kernels.h"
 #include "generated/build_config.h"
@@ -80,6 +81,8 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pyfastblocks kernels (ops are registered in torch.ops.fastblocks)";
   m.def("build_info", &build_info, "How this extension was built, and which CPU kernels it runs");
+  m.def("_set_cpu_depthwise_backend", &fastblocks::set_cpu_depthwise_backend);
+  m.def("_cpu_depthwise_backend", &fastblocks::cpu_depthwise_backend);
   // Test hooks: the CUDA backend's tiled depthwise programs run on the CPU (cpu/depthwise_tiled_emulation.h).
   m.def("_emulate_tiled_depthwise_forward", &fastblocks::emulate_tiled_depthwise_forward);
   m.def("_emulate_tiled_depthwise_backward", &fastblocks::emulate_tiled_depthwise_backward);

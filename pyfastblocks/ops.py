@@ -11,7 +11,8 @@ from torch import Tensor
 from . import _extension  # noqa: F401  (registers the ops)
 from ._layout import accumulation_dtype, empty_in_order, inputs_channel_order, preferred_channel_order
 
-__all__ = ["add_relu", "affine_relu", "branch_concat", "depthwise_conv2d", "separable_conv2d"]
+__all__ = ["add_relu", "affine_relu", "branch_concat", "depthwise_conv2d", "separable_conv2d",
+           "set_cpu_depthwise_backend", "cpu_depthwise_backend"]
 
 _INT64_MAX = 2**63 - 1
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -322,6 +323,28 @@ def depthwise_conv2d(
         x, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"),
         activation, input_relu,
     )
+
+
+def set_cpu_depthwise_backend(backend: str) -> str:
+    """Choose how ``depthwise_conv2d`` runs on the CPU, process-wide; returns the previous choice.
+
+    ``"auto"`` (default): float32 channels_last inputs and float32 NCHW inputs with small planes (outputs up to
+    20x20 forward, 28x28 backward) run oneDNN's convolution through ATen, then the activation in place, because it
+    is faster there on x86; everything else, and every call in deterministic mode, runs this project's kernels.
+    ``"fastblocks"``: this project's kernels always (fused epilogue and input ReLU, thread-count-independent
+    weight gradients)."""
+    from . import _C
+
+    previous = _C._cpu_depthwise_backend()
+    _C._set_cpu_depthwise_backend(backend)
+    return previous
+
+
+def cpu_depthwise_backend() -> str:
+    """The current choice of ``set_cpu_depthwise_backend``."""
+    from . import _C
+
+    return _C._cpu_depthwise_backend()
 
 
 def _check_conv_args(op, x, weight, stride, padding, dilation):

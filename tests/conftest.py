@@ -1,4 +1,6 @@
 """Shared test helpers: devices, dtypes, tolerances and layouts. Every CUDA case runs wherever CUDA is available."""
+import contextlib
+
 import pytest
 import torch
 
@@ -65,3 +67,15 @@ def child_process_env_and_cwd():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env, tempfile.gettempdir()
+
+
+@contextlib.contextmanager
+def cpu_depthwise_backend(backend: str):
+    """pyfastblocks.ops.set_cpu_depthwise_backend(backend) for the duration of the block."""
+    from pyfastblocks import ops
+
+    previous = ops.set_cpu_depthwise_backend(backend)
+    try:
+        yield
+    finally:
+        ops.set_cpu_depthwise_backend(previous)

@@ -5,12 +5,20 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, DTYPES, TOLERANCES, assert_close, make_layout
+from conftest import DEVICES, DTYPES, TOLERANCES, assert_close, cpu_depthwise_backend, make_layout
 from torch.library import opcheck
 
 from pyfastblocks import ops
 
 ACTIVATIONS = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}
+
+
+@pytest.fixture(autouse=True, params=["fastblocks", "auto"])
+def cpu_backend(request):
+    """Every test runs with this project's CPU kernels forced, and with the default choice ("auto": oneDNN for
+    float32 channels_last and small NCHW planes)."""
+    with cpu_depthwise_backend(request.param):
+        yield request.param
 
 
 def _random_configs(count, seed=0):
@@ -259,3 +267,52 @@ def test_huge_padding_takes_the_generic_path():
     w = torch.randn(2, 1, 3, 3)
     y = ops.depthwise_conv2d(x, w, None, 1, 2100, 1, "relu")
     torch.testing.assert_close(y, F.relu(F.conv2d(x, w, None, 1, 2100, 1, 2)))
+
+
+# --- CPU backend choice --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,channels_last,routed", [
+    ((2, 16, 9, 9), True, True),  # channels_last: oneDNN
+    ((2, 16, 12, 12), False, True),  # small NCHW plane: oneDNN
+    ((2, 16, 40, 40), False, False),  # large NCHW plane: this project's kernel
+])
+def test_auto_backend_routes_float32_to_onednn(cpu_backend, shape, channels_last, routed):
+    """Under "auto" the routed cases are oneDNN's convolution + activation (bitwise what F.conv2d + relu gives);
+    every other case, and every case under "fastblocks", is this project's kernel (close to it, not bitwise)."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(shape[1], 1, 3, 3), torch.randn(shape[1])
+    got = ops.depthwise_conv2d(x, w, b, 1, 1, activation="relu")
+    onednn = F.conv2d(x, w, b, 1, 1, 1, shape[1]).relu()
+    assert got.stride() == onednn.stride()
+    torch.testing.assert_close(got, onednn)
+    if cpu_backend == "auto" and routed:
+        assert torch.equal(got, onednn)
+
+
+def test_auto_backend_keeps_our_kernels_in_deterministic_mode(cpu_backend):
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(16, 1, 3, 3, requires_grad=True)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        y = ops.depthwise_conv2d(x, w, None, 1, 1, activation="relu")
+        grads = torch.autograd.grad(y.square().sum(), (x, w))
+    finally:
+        torch.use_deterministic_algorithms(before)
+    with cpu_depthwise_backend("fastblocks"):
+        y_ours = ops.depthwise_conv2d(x, w, None, 1, 1, activation="relu")
+        grads_ours = torch.autograd.grad(y_ours.square().sum(), (x, w))
+    assert torch.equal(y, y_ours)
+    for a, b in zip(grads, grads_ours):
+        assert torch.equal(a, b)
+
+
+def test_set_cpu_depthwise_backend():
+    assert ops.cpu_depthwise_backend() in ("auto", "fastblocks")
+    with pytest.raises(RuntimeError, match="backend.*\"auto\" or \"fastblocks\""):
+        ops.set_cpu_depthwise_backend("mkldnn")

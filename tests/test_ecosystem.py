@@ -350,6 +350,14 @@ COPY_OPS = ("aten::clone", "aten::copy_", "aten::contiguous", "aten::_to_copy")
 GEMM_BIAS_INIT = ("aten::addmm", "aten::_addmm_activation")
 
 
+def _aten_conv_weight_copy(shapes, chain):
+    """ATen's own convolution (the CPU route of float32 channels_last depthwise calls to oneDNN) converts the depthwise
+    weight or its gradient, [C * m, 1, kh, kw], between layouts inside itself, as in eager PyTorch: a parameter-sized
+    copy, not a copy of an activation."""
+    in_aten_conv = any(n in ("aten::convolution", "aten::convolution_backward") for n in chain)
+    return in_aten_conv and bool(shapes) and len(shapes[0]) == 4 and shapes[0][1] == 1
+
+
 def _copies_in_fused_ops(fn):
     """Copies made inside any fastblocks op (kernels included: the profiler sees ATen calls made from C++)."""
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -366,6 +374,8 @@ def _copies_in_fused_ops(fn):
         if not fused:
             continue
         if e.name == "aten::copy_" and chain and chain[0] in GEMM_BIAS_INIT:
+            continue
+        if _aten_conv_weight_copy(e.input_shapes, chain):
             continue
         found.append((e.name, e.input_shapes, chain[:4]))
     return found

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, TOLERANCES
+from conftest import DEVICES, TOLERANCES, cpu_depthwise_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -398,8 +398,10 @@ def test_depthwise_conv2d_properties(device, data):
     activation = data.draw(st.sampled_from(list(ACTIVATIONS)), label="activation")
     input_relu = data.draw(st.booleans(), label="input_relu")
     poison = data.draw(st.booleans(), label="poison")
-    check_depthwise(device, cfg, dtype, bias_dtype, lx, lw, lg, activation, input_relu, poison,
-                    data.draw(st.integers(0, 2**31), label="seed"))
+    backend = data.draw(st.sampled_from(["auto", "fastblocks"]), label="cpu_backend")
+    with cpu_depthwise_backend(backend):
+        check_depthwise(device, cfg, dtype, bias_dtype, lx, lw, lg, activation, input_relu, poison,
+                        data.draw(st.integers(0, 2**31), label="seed"))
 
 
 def check_separable(device, cfg: Conv, c_out, dtype, dw_bias, pw_bias, lx, activation, dw_activation, input_relu,

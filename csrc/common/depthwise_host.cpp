@@ -128,31 +128,36 @@ Activation parse_activation(std::string_view name, const char* op, const char* a
 DepthwiseForwardPlan plan_depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
                                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                             at::IntArrayRef padding, at::IntArrayRef dilation,
-                                            std::string_view activation, bool input_relu) {
+                                            std::string_view activation, bool input_relu, bool allocate_output) {
   const Activation act = parse_activation(activation, kForward);
   const DepthwiseGeometry g = make_geometry(x, weight, stride, padding, dilation, kForward);
   DepthwiseForwardPlan plan;
   plan.bias = channel_param(bias, "bias", x, "x", g.out_channels(), kForward);
   plan.x = to_order(x, order_of(g));
   plan.weight = weight.contiguous();
-  plan.out = empty_in_order({g.batch, g.out_channels(), g.out_h, g.out_w}, x.options(), order_of(g));
   auto& a = plan.args;
   a.x = plan.x.const_data_ptr();
   a.weight = plan.weight.const_data_ptr();
   a.bias = plan.bias.defined() ? plan.bias.const_data_ptr() : nullptr;
-  a.out = plan.out.mutable_data_ptr();
   a.geo = g;
   a.dtype = x.scalar_type();
   a.activation = act;
   a.input_relu = input_relu;
+  if (allocate_output) allocate_depthwise_forward_output(plan);
   return plan;
+}
+
+void allocate_depthwise_forward_output(DepthwiseForwardPlan& plan) {
+  const DepthwiseGeometry& g = plan.args.geo;
+  plan.out = empty_in_order({g.batch, g.out_channels(), g.out_h, g.out_w}, plan.x.options(), order_of(g));
+  plan.args.out = plan.out.mutable_data_ptr();
 }
 
 DepthwiseBackwardPlan plan_depthwise_backward(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x,
                                               const at::Tensor& weight, at::IntArrayRef stride,
                                               at::IntArrayRef padding, at::IntArrayRef dilation,
                                               std::string_view activation, bool input_relu,
-                                              std::array<bool, 3> output_mask) {
+                                              std::array<bool, 3> output_mask, bool allocate_outputs) {
   const Activation act = parse_activation(activation, kBackward);
   const DepthwiseGeometry g = make_geometry(x, weight, stride, padding, dilation, kBackward);
   const std::vector<int64_t> out_sizes{g.batch, g.out_channels(), g.out_h, g.out_w};
@@ -168,28 +173,37 @@ DepthwiseBackwardPlan plan_depthwise_backward(const at::Tensor& grad_out, const 
   plan.out = to_order(out, order);
   plan.grad_out = to_order(grad_out, order);
   plan.weight = weight.contiguous();
-  const auto acc_options = x.options().dtype(accumulation_dtype(x.scalar_type()));
-  plan.grad_input = output_mask[0] ? empty_in_order(x.sizes(), x.options(), order) : at::empty({0}, x.options());
-  plan.grad_weight_acc = at::empty({output_mask[1] ? g.out_channels() * g.taps() : 0}, acc_options);
-  plan.grad_bias = at::empty({output_mask[2] ? g.out_channels() : 0}, acc_options);
+  plan.output_mask = output_mask;
   auto& a = plan.args;
   a.grad_out = plan.grad_out.const_data_ptr();
   a.out = plan.out.const_data_ptr();
   a.x = plan.x.const_data_ptr();
   a.weight = plan.weight.const_data_ptr();
-  a.grad_input = output_mask[0] ? plan.grad_input.mutable_data_ptr() : nullptr;
-  a.grad_weight = output_mask[1] ? plan.grad_weight_acc.mutable_data_ptr() : nullptr;
-  a.grad_bias = output_mask[2] ? plan.grad_bias.mutable_data_ptr() : nullptr;
   a.geo = g;
   a.dtype = x.scalar_type();
   a.activation = act;
   a.input_relu = input_relu;
-  if (out.numel() == 0) {  // sums over no outputs are zero; the kernels are not run
+  if (allocate_outputs) allocate_depthwise_backward_outputs(plan);
+  return plan;
+}
+
+void allocate_depthwise_backward_outputs(DepthwiseBackwardPlan& plan) {
+  const auto& mask = plan.output_mask;
+  const DepthwiseGeometry& g = plan.args.geo;
+  const auto acc_options = plan.x.options().dtype(accumulation_dtype(plan.x.scalar_type()));
+  plan.grad_input = mask[0] ? empty_in_order(plan.x.sizes(), plan.x.options(), order_of(g))
+                            : at::empty({0}, plan.x.options());
+  plan.grad_weight_acc = at::empty({mask[1] ? g.out_channels() * g.taps() : 0}, acc_options);
+  plan.grad_bias = at::empty({mask[2] ? g.out_channels() : 0}, acc_options);
+  auto& a = plan.args;
+  a.grad_input = mask[0] ? plan.grad_input.mutable_data_ptr() : nullptr;
+  a.grad_weight = mask[1] ? plan.grad_weight_acc.mutable_data_ptr() : nullptr;
+  a.grad_bias = mask[2] ? plan.grad_bias.mutable_data_ptr() : nullptr;
+  if (plan.out.numel() == 0) {  // sums over no outputs are zero; the kernels are not run
     plan.grad_weight_acc.zero_();
     plan.grad_bias.zero_();
-    if (output_mask[0]) plan.grad_input.zero_();
+    if (mask[0]) plan.grad_input.zero_();
   }
-  return plan;
 }
 
 void prepare_tiled_backward(DepthwiseBackwardPlan& plan) {

@@ -25,23 +25,29 @@ struct DepthwiseBackwardPlan {
   at::Tensor grad_weight_acc;                     // the kernel's accumulation-dtype weight gradient
   at::Tensor grad_out, out, x, weight;
   at::Tensor workspace;  // prepare_tiled_backward
+  std::array<bool, 3> output_mask{};
   DepthwiseBackwardArgs args;
 };
 
 DepthwiseForwardPlan plan_depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
                                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                             at::IntArrayRef padding, at::IntArrayRef dilation,
-                                            std::string_view activation, bool input_relu);
+                                            std::string_view activation, bool input_relu, bool allocate_output = true);
+void allocate_depthwise_forward_output(DepthwiseForwardPlan& plan);
 
 DepthwiseBackwardPlan plan_depthwise_backward(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x,
                                               const at::Tensor& weight, at::IntArrayRef stride,
                                               at::IntArrayRef padding, at::IntArrayRef dilation,
                                               std::string_view activation, bool input_relu,
-                                              std::array<bool, 3> output_mask);
+                                              std::array<bool, 3> output_mask, bool allocate_outputs = true);
 
 // The workspace of the tiled CUDA weight-gradient programs (common/depthwise_tiled.h): their per-chunk partial sums.
 // Called by the CUDA impl and by the CPU emulator of those programs.
 void prepare_tiled_backward(DepthwiseBackwardPlan& plan);
+
+// The planned kernels' outputs, for a plan made with allocate_outputs = false (a caller that may compute them
+// another way decides after planning: unused outputs are not allocated).
+void allocate_depthwise_backward_outputs(DepthwiseBackwardPlan& plan);
 
 // After the kernels: grad_weight in the weight's dtype and shape.
 void finish_depthwise_backward(DepthwiseBackwardPlan& plan);
