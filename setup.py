@@ -119,6 +119,13 @@ if use_cuda:
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
 
 extra_compile_args = {"cxx": ["-O3", "-fvisibility=hidden", "-Wno-unknown-pragmas"]}
+extra_link_args = []
+# at::parallel_for is inline OpenMP (`#pragma omp parallel` in ATen's headers, for torch's OpenMP builds): without
+# -fopenmp every CPU kernel here would run on one thread whatever torch.get_num_threads() says. Linux torch wheels
+# use GNU OpenMP (libgomp), which -fopenmp links, so the extension shares torch's thread pool.
+if platform.system() == "Linux" and torch.__config__.parallel_info().find("OpenMP") >= 0:
+    extra_compile_args["cxx"].append("-fopenmp")
+    extra_link_args.append("-fopenmp")
 AVX2_SUFFIX = "_avx2.cpp"
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
@@ -167,6 +174,7 @@ setup(
             include_dirs=[str(ROOT / "csrc")],
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
         )
     ],
     cmdclass={"build_ext": BuildExtensionWithCpuCapabilities},
