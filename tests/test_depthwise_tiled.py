@@ -114,10 +114,15 @@ def assert_close_scaled(got, ref, dtype):
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("activation,input_relu", EPILOGUES)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype", list(DTYPE_NAMES), ids=list(DTYPE_NAMES.values()))
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def every_case(test):
+    """geometry x dtype x layout x epilogue."""
+    test = pytest.mark.parametrize("activation,input_relu", EPILOGUES)(test)
+    test = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])(test)
+    test = pytest.mark.parametrize("dtype", list(DTYPE_NAMES), ids=list(DTYPE_NAMES.values()))(test)
+    return pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)(test)
+
+
+@every_case
 def test_tiled_forward_matches_conv2d(geometry, dtype, channels_last, activation, input_relu):
     x, weight, bias = make_inputs(geometry, dtype, channels_last)
     out, programs = _C._emulate_tiled_depthwise_forward(x, weight, bias, *conv_args(geometry), activation, input_relu)
@@ -131,10 +136,7 @@ def test_tiled_forward_matches_conv2d(geometry, dtype, channels_last, activation
     assert_close_scaled(out, ref, dtype)
 
 
-@pytest.mark.parametrize("activation,input_relu", EPILOGUES)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype", list(DTYPE_NAMES), ids=list(DTYPE_NAMES.values()))
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+@every_case
 def test_tiled_backward_matches_conv2d(geometry, dtype, channels_last, activation, input_relu):
     x, weight, bias = make_inputs(geometry, dtype, channels_last)
     out = reference_forward(x, weight, bias, geometry, activation, input_relu).to(dtype)

@@ -806,12 +806,9 @@ C10_HOST_DEVICE inline void accumulate_param_grad(float (&acc)[KH * KW + 1], flo
   }
 }
 
-// NCHW: a block = one output channel x one chunk; 256 threads stride over the chunk. The block's 256 x (taps + 1)
-// sums are reduced in shared memory in a fixed order: 8 parts per (tap, lane) first, then the 32 lanes of a tap.
-template <typename T, int KH, int KW>
-struct NchwParamGrad {
-  static constexpr int kTaps = KH * KW + 1, kLanes = 32, kParts = kBlockThreads / kLanes, kPhases = 3;
-  using State = NoState;
+// What the weight-gradient programs read and write.
+template <typename T>
+struct ParamGradIO {
   const T* gy;
   const T* y;
   const T* x;
@@ -819,17 +816,27 @@ struct NchwParamGrad {
   DepthwiseGeometry g;
   Activation act;
   bool input_relu;
+  static ParamGradIO of(const DepthwiseBackwardArgs& a) {
+    return {static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
+            static_cast<float*>(a.workspace), a.geo, a.activation, a.input_relu};
+  }
+};
+
+// NCHW: a block = one output channel x one chunk; 256 threads stride over the chunk. The block's 256 x (taps + 1)
+// sums are reduced in shared memory in a fixed order: 8 parts per (tap, lane) first, then the 32 lanes of a tap.
+template <typename T, int KH, int KW>
+struct NchwParamGrad {
+  static constexpr int kTaps = KH * KW + 1, kLanes = 32, kParts = kBlockThreads / kLanes, kPhases = 3;
+  using State = NoState;
+  ParamGradIO<T> io;
   ParamGradChunks chunking;
 
   static ParamGradChunks chunks_for(const DepthwiseGeometry& g) {
     return ParamGradChunks::make(g.batch * g.out_h * g.out_w, g.out_channels(), 1024);
   }
-  static NchwParamGrad make(const DepthwiseBackwardArgs& a) {
-    return {static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
-            static_cast<float*>(a.workspace), a.geo, a.activation, a.input_relu, chunks_for(a.geo)};
-  }
+  static NchwParamGrad make(const DepthwiseBackwardArgs& a) { return {ParamGradIO<T>::of(a), chunks_for(a.geo)}; }
   bool ok() const { return true; }
-  int64_t blocks() const { return chunking.chunks * g.out_channels(); }
+  int64_t blocks() const { return chunking.chunks * io.g.out_channels(); }
   int threads() const { return kBlockThreads; }
   C10_HOST_DEVICE int64_t shared_floats() const { return kTaps * (kBlockThreads + kLanes); }
   std::string name() const {
@@ -838,6 +845,7 @@ struct NchwParamGrad {
   }
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
+    const auto& [gy, y, x, partial, g, act, input_relu] = io;
     const int64_t chunk = block % chunking.chunks, oc = block / chunking.chunks;
     const int64_t lane_sums = kTaps * kBlockThreads;  // second region: [lane][tap]
     if (k == 0) {
@@ -877,24 +885,15 @@ template <typename T, int KH, int KW>
 struct NhwcParamGrad {
   static constexpr int kTaps = KH * KW + 1, kLanes = 32, kGroups = kBlockThreads / kLanes, kPhases = 2;
   using State = NoState;
-  const T* gy;
-  const T* y;
-  const T* x;
-  float* partial;
-  DepthwiseGeometry g;
-  Activation act;
-  bool input_relu;
+  ParamGradIO<T> io;
   ParamGradChunks chunking;
 
   static ParamGradChunks chunks_for(const DepthwiseGeometry& g) {
     return ParamGradChunks::make(g.batch * g.out_h * g.out_w, ceil_div(g.out_channels(), kLanes), 512);
   }
-  static NhwcParamGrad make(const DepthwiseBackwardArgs& a) {
-    return {static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
-            static_cast<float*>(a.workspace), a.geo, a.activation, a.input_relu, chunks_for(a.geo)};
-  }
+  static NhwcParamGrad make(const DepthwiseBackwardArgs& a) { return {ParamGradIO<T>::of(a), chunks_for(a.geo)}; }
   bool ok() const { return true; }
-  int64_t blocks() const { return chunking.chunks * ceil_div(g.out_channels(), kLanes); }
+  int64_t blocks() const { return chunking.chunks * ceil_div(io.g.out_channels(), kLanes); }
   int threads() const { return kBlockThreads; }
   C10_HOST_DEVICE int64_t shared_floats() const { return kTaps * kBlockThreads; }
   std::string name() const {
@@ -903,6 +902,7 @@ struct NhwcParamGrad {
   }
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
+    const auto& [gy, y, x, partial, g, act, input_relu] = io;
     const int64_t chunk = block % chunking.chunks, oc0 = (block / chunking.chunks) * kLanes;
     const int64_t OC = g.out_channels();
     if (k == 0) {
