@@ -214,6 +214,9 @@ struct Taps {
 struct PlaneTiling {
   int tile_w = 0, row_groups = 0, planes = 0;  // used threads: planes * row_groups * tile_w
   int64_t tiles_w = 0, tiles_h = 0, plane_groups = 0;
+  int shared_h = 0, shared_w = 0, copies = 1;  // a plane's shared tile; `copies` of it per plane
+
+  C10_HOST_DEVICE int64_t shared_floats() const { return static_cast<int64_t>(planes) * copies * shared_h * shared_w; }
 
   C10_HOST_DEVICE int used_threads() const { return planes * row_groups * tile_w; }
   int64_t blocks() const { return plane_groups * tiles_h * tiles_w; }
@@ -238,16 +241,22 @@ struct PlaneTiling {
     return {thread / per_plane, rem / tile_w, rem % tile_w};
   }
 
-  // Tiling of a plane of height x width elements, kRows rows per thread; `shared_per_plane(tile rows, tile
-  // columns)` is the shared memory a plane's tile needs. planes = 0: nothing fits (use the generic kernels).
-  template <typename SharedFn>
-  static PlaneTiling make(int64_t plane_count, int64_t height, int64_t width, int rows, SharedFn shared_per_plane) {
+  // Tiling of a plane of height x width elements, `rows` rows per thread; extent(tile rows, tile columns) is the
+  // (rows, columns) of the shared tile a plane's tile needs, `copies` of it per plane. planes = 0: nothing fits in
+  // shared memory (use the generic kernels).
+  template <typename ExtentFn>
+  static PlaneTiling make(int64_t plane_count, int64_t height, int64_t width, int rows, int64_t copies,
+                          ExtentFn extent) {
     PlaneTiling t;
+    const auto floats = [&](const PlaneTiling& u) {
+      const auto e = extent(u.row_groups * rows, u.tile_w);
+      return u.planes * copies * e.first * e.second;
+    };
     t.tile_w = static_cast<int>(std::min<int64_t>(width, 32));
     t.row_groups = static_cast<int>(std::min<int64_t>(ceil_div(height, rows), std::max(1, kBlockThreads / t.tile_w)));
     t.planes = static_cast<int>(
         std::clamp<int64_t>(kBlockThreads / (t.row_groups * t.tile_w), 1, std::max<int64_t>(plane_count, 1)));
-    while (t.planes * shared_per_plane(t.row_groups * rows, t.tile_w) > kMaxSharedFloats) {
+    while (floats(t) > kMaxSharedFloats) {
       if (t.planes > 1) {
         t.planes = (t.planes + 1) / 2;
       } else if (t.row_groups > 1) {
@@ -260,6 +269,10 @@ struct PlaneTiling {
     t.tiles_w = ceil_div(width, t.tile_w);
     t.tiles_h = ceil_div(height, static_cast<int64_t>(t.row_groups) * rows);
     t.plane_groups = ceil_div(plane_count, t.planes);
+    const auto e = extent(t.row_groups * rows, t.tile_w);
+    t.shared_h = static_cast<int>(e.first);
+    t.shared_w = static_cast<int>(e.second);
+    t.copies = static_cast<int>(copies);
     return t;
   }
 };
@@ -277,39 +290,29 @@ struct NchwForward {
   DepthwiseGeometry g;
   Activation act;
   bool input_relu;
-  PlaneTiling tiling;
-  int in_tile_h, in_tile_w;  // the shared input tile of one plane
+  PlaneTiling tiling;  // shared: the input tile of each plane
 
   static NchwForward make(const DepthwiseForwardArgs& a) {
     NchwForward p{static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const float*>(a.bias),
-                  static_cast<T*>(a.out), a.geo, a.activation, a.input_relu, {}, 0, 0};
+                  static_cast<T*>(a.out), a.geo, a.activation, a.input_relu, {}};
     const Taps<S> k{p.g};
-    const auto extent = [&](int rows, int cols) {
+    p.tiling = PlaneTiling::make(p.g.batch * p.g.out_channels(), p.g.out_h, p.g.out_w, kRows, 1, [&](int rows, int cols) {
       return std::pair<int64_t, int64_t>{(rows - 1) * k.sh() + (k.kh() - 1) * k.dh() + 1,
                                          (cols - 1) * k.sw() + (k.kw() - 1) * k.dw() + 1};
-    };
-    p.tiling = PlaneTiling::make(p.g.batch * p.g.out_channels(), p.g.out_h, p.g.out_w, kRows, [&](int rows, int cols) {
-      const auto e = extent(rows, cols);
-      return e.first * e.second;
     });
-    if (p.tiling.planes > 0) {
-      const auto e = extent(p.tiling.row_groups * kRows, p.tiling.tile_w);
-      p.in_tile_h = static_cast<int>(e.first);
-      p.in_tile_w = static_cast<int>(e.second);
-    }
     return p;
   }
   bool ok() const { return tiling.planes > 0; }
   int64_t blocks() const { return tiling.blocks(); }
   int threads() const { return tiling.threads(); }
-  C10_HOST_DEVICE int64_t shared_floats() const { return static_cast<int64_t>(tiling.planes) * in_tile_h * in_tile_w; }
+  C10_HOST_DEVICE int64_t shared_floats() const { return tiling.shared_floats(); }
   std::string name() const { return std::string("nchw_forward<") + dtype_name<T>() + "," + shape_name<S>(g) + ">"; }
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
     const Taps<S> t{g};
     const auto o = tiling.origin(block, kRows);
     const int64_t plane_count = g.batch * g.out_channels();
-    const int plane_floats = in_tile_h * in_tile_w;
+    const int in_tile_w = tiling.shared_w, plane_floats = tiling.shared_h * in_tile_w;
     if (k == 0) {  // stage the input tiles
       const int64_t ih0 = o.row0 * t.sh() - g.pad_h, iw0 = o.col0 * t.sw() - g.pad_w;
       for (int i = thread; i < tiling.planes * plane_floats; i += threads) {
@@ -409,6 +412,22 @@ struct ChannelGroups {
     return sl;
   }
 
+  // A thread's work as VEC channels x a strip of `cols` columns of one row of an image whose rows have `strips`
+  // strips: the lane's first channel in the group's shared weights (cl) and in the tensor (c0), the strip's first
+  // column, the row and the image. active = false: the thread idles.
+  struct Strip {
+    bool active;
+    int width, cl;
+    int64_t c0, col0, row, n;
+  };
+  C10_HOST_DEVICE Strip strip(int64_t block, int thread, int vec, int64_t strips, int cols, int64_t height) const {
+    const Slot sl = slot(block, thread);
+    if (sl.item < 0) return {false, 0, 0, 0, 0, 0, 0};
+    const int64_t image_row = sl.item / strips;
+    return {true, lanes * vec, sl.lane * vec, sl.vector * vec, (sl.item % strips) * cols, image_row % height,
+            image_row / height};
+  }
+
   // Phase 0: weights of the group's channels [c_lo, c_lo + lanes * vec) as shared[tap * width + channel]; channels
   // past C read as 0.
   template <typename T>
@@ -454,13 +473,11 @@ struct NhwcForward {
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
     if (k == 0) return cg.stage_weights(w, g.channels, g.taps(), VEC, block, thread, threads, s);
-    const auto sl = cg.slot(block, thread);
-    if (sl.item < 0) return;
+    const auto st = cg.strip(block, thread, VEC, strips, kCols, g.out_h);
+    if (!st.active) return;
     const Taps<S> t{g};
-    const int width = cg.lanes * VEC, cl = sl.lane * VEC;
-    const int64_t C = g.channels, c0 = sl.vector * VEC;
-    const int64_t ow0 = (sl.item % strips) * kCols, row = sl.item / strips;
-    const int64_t oh = row % g.out_h, n = row / g.out_h;
+    const int width = st.width, cl = st.cl;
+    const int64_t C = g.channels, c0 = st.c0, ow0 = st.col0, oh = st.row, n = st.n;
     float acc[kCols][VEC] = {};
     const int64_t iw0 = ow0 * t.sw() - g.pad_w;
     for (int64_t kh = 0; kh < t.kh(); ++kh) {
@@ -530,37 +547,26 @@ struct NchwInputGrad {
   DepthwiseGeometry g;
   Activation act;
   bool input_relu;
-  PlaneTiling tiling;
-  int out_tile_h, out_tile_w;  // the grad_out tile of one output plane
+  PlaneTiling tiling;  // shared: the grad_out tile of each of the m output planes of each input plane
 
   static NchwInputGrad make(const DepthwiseBackwardArgs& a) {
     NchwInputGrad p{static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
                     static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), a.geo, a.activation,
-                    a.input_relu, {}, 0, 0};
+                    a.input_relu, {}};
     const Taps<S> k{p.g};
     // Input rows ih0 .. ih0 + rows - 1 are read by output rows ceil((ih0 + ph - (kh - 1) dh) / sh) ..
     // floor((ih0 + rows - 1 + ph) / sh): at most (rows - 1 + (kh - 1) dh) / sh + 1 of them.
-    const auto extent = [&](int rows, int cols) {
-      return std::pair<int64_t, int64_t>{(rows - 1 + (k.kh() - 1) * k.dh()) / k.sh() + 1,
-                                         (cols - 1 + (k.kw() - 1) * k.dw()) / k.sw() + 1};
-    };
-    p.tiling = PlaneTiling::make(p.g.batch * p.g.channels, p.g.in_h, p.g.in_w, kRows, [&](int rows, int cols) {
-      const auto e = extent(rows, cols);
-      return p.g.multiplier * e.first * e.second;
-    });
-    if (p.tiling.planes > 0) {
-      const auto e = extent(p.tiling.row_groups * kRows, p.tiling.tile_w);
-      p.out_tile_h = static_cast<int>(e.first);
-      p.out_tile_w = static_cast<int>(e.second);
-    }
+    p.tiling = PlaneTiling::make(p.g.batch * p.g.channels, p.g.in_h, p.g.in_w, kRows, p.g.multiplier,
+                                 [&](int rows, int cols) {
+                                   return std::pair<int64_t, int64_t>{(rows - 1 + (k.kh() - 1) * k.dh()) / k.sh() + 1,
+                                                                      (cols - 1 + (k.kw() - 1) * k.dw()) / k.sw() + 1};
+                                 });
     return p;
   }
   bool ok() const { return tiling.planes > 0; }
   int64_t blocks() const { return tiling.blocks(); }
   int threads() const { return tiling.threads(); }
-  C10_HOST_DEVICE int64_t shared_floats() const {
-    return static_cast<int64_t>(tiling.planes) * g.multiplier * out_tile_h * out_tile_w;
-  }
+  C10_HOST_DEVICE int64_t shared_floats() const { return tiling.shared_floats(); }
   std::string name() const {
     return std::string("nchw_input_grad<") + dtype_name<T>() + "," + shape_name<S>(g) + ">";
   }
@@ -571,7 +577,7 @@ struct NchwInputGrad {
     const int64_t plane_count = g.batch * g.channels, m = g.multiplier, oc_count = g.out_channels();
     const int64_t oh_lo = ceil_div_signed(o.row0 + g.pad_h - (t.kh() - 1) * t.dh(), t.sh());
     const int64_t ow_lo = ceil_div_signed(o.col0 + g.pad_w - (t.kw() - 1) * t.dw(), t.sw());
-    const int tile_floats = out_tile_h * out_tile_w;
+    const int out_tile_w = tiling.shared_w, tile_floats = tiling.shared_h * out_tile_w;
     if (k == 0) {  // stage act'(grad_out) of the m output planes of each input plane
       const int total = static_cast<int>(shared_floats());  // <= kMaxSharedFloats
       for (int i = thread; i < total; i += threads) {
@@ -676,13 +682,11 @@ struct NhwcInputGrad {
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
     if (k == 0) return cg.stage_weights(w, g.channels, g.taps(), VEC, block, thread, threads, s);
-    const auto sl = cg.slot(block, thread);
-    if (sl.item < 0) return;
+    const auto st = cg.strip(block, thread, VEC, strips, kCols, g.in_h);
+    if (!st.active) return;
     const Taps<S> t{g};
-    const int width = cg.lanes * VEC, cl = sl.lane * VEC;
-    const int64_t C = g.channels, c0 = sl.vector * VEC;
-    const int64_t iw0 = (sl.item % strips) * kCols, row = sl.item / strips;
-    const int64_t ih = row % g.in_h, n = row / g.in_h;
+    const int width = st.width, cl = st.cl;
+    const int64_t C = g.channels, c0 = st.c0, iw0 = st.col0, ih = st.row, n = st.n;
     float acc[kCols][VEC] = {};
     if constexpr (kCols > 1) {
       // Output columns ow0 .. ow0 + kCols + KW - 2 reach input columns iw0 .. iw0 + kCols - 1 (stride 1).
