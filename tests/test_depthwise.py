@@ -15,8 +15,11 @@ ACTIVATIONS = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}
 
 @pytest.fixture(autouse=True, params=["fastblocks", "auto"])
 def cpu_backend(request):
-    """Every test runs with this project's CPU kernels forced, and with the default choice ("auto": oneDNN for
-    float32 channels_last and small NCHW planes)."""
+    """Every CPU test runs with this project's CPU kernels forced, and with the default choice ("auto": oneDNN for
+    float32 channels_last and small NCHW planes). The choice does not exist on CUDA: those cases run once."""
+    params = getattr(request.node, "callspec", None)
+    if params is not None and params.params.get("device") == "cuda" and request.param == "auto":
+        pytest.skip("the CPU backend choice does not apply to CUDA (the case runs under 'fastblocks')")
     with cpu_depthwise_backend(request.param):
         yield request.param
 
