@@ -36,8 +36,10 @@ from ..nn.conv import _folded_conv_params, onednn_inference_ok
 # CPU in eval oneDNN's fused convolution + bias + activation) or "auto". "auto" (the CPU default) takes the
 # fastblocks kernel for NCHW inference on layers of fewer than 128 channels, where oneDNN's NCHW depthwise
 # convolution is slow (MobileNet's first layer, 32 x 64 x 64: 3.6 ms against 0.42 ms, 2 threads), and the library
-# everywhere else: there oneDNN is 1.2-3x faster (channels_last, wider layers, 2 threads) and the fastblocks
-# backward is still the generic kernel (training, channels_last: 24.9 ms against 9.9 ms over 7 layers).
+# everywhere else: there oneDNN is 1.2-3x faster (channels_last, wider layers, 2 threads; training). Those
+# measurements predate the -fopenmp build fix (our CPU kernels then ran on one thread); re-measured with both
+# threads (MobileNet v1 / Xception / MobileNet v2 eval, 8 x 160 x 160), a plane-size rule instead of the channel
+# count changed the models by -5% to +7%, within noise, so the rule stays.
 DEPTHWISE_BACKEND: Dict[str, str] = {"cpu": "auto", "cuda": "fastblocks"}
 
 # How a BatchNorm in training (batch statistics) runs, per device type: "fastblocks" (the statistics turned into a
