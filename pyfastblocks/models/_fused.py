@@ -22,14 +22,13 @@ never change) and run:
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import ops
 from ..nn import batchnorm_scale_bias, is_depthwise
 from ..nn import conv_bn_act as _nn_conv_bn_act
-from ..nn.conv import _folded_conv_params, onednn_inference_ok
+from ..nn.conv import _affine_act, _apply_activation, _folded_conv_params, _library_conv_act, onednn_inference_ok
 
 # How a depthwise convolution runs, per device type: "fastblocks" (fastblocks::depthwise_conv2d, BN and
 # activation in its epilogue, input ReLU in its prologue), "library" (PyTorch's convolution with groups=C: on
@@ -156,17 +155,6 @@ def _batchnorm(bn: _BatchNorm, y: Tensor) -> Tensor:
 _onednn_ok = onednn_inference_ok  # one rule for nn.conv_bn_act and the models
 
 
-_ONEDNN_ACT = {"none": (None, []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}
-
-
-def _activate(y: Tensor, activation: str, inplace: bool) -> Tensor:
-    if activation == "relu":
-        return torch.relu_(y) if inplace else torch.relu(y)
-    if activation == "relu6":
-        return F.hardtanh(y, 0.0, 6.0, inplace=inplace)
-    return y
-
-
 def _library_conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], activation: str,
                          input_relu: bool) -> Tensor:
     """conv -> BN -> act with the convolution left to PyTorch (oneDNN on CPU): the path of
@@ -175,18 +163,8 @@ def _library_conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], a
         x = torch.relu(x)
     if _uses_batch_stats(bn):
         y = conv._conv_forward(x, conv.weight, conv.bias)
-        scale, shift = batchnorm_scale_bias(bn, y)
-        y = ops.affine_relu(y, scale, shift, relu=activation == "relu")
-        return _activate(y, activation, inplace=False) if activation == "relu6" else y
-    weight, bias = _folded_conv_params(conv, bn, x)
-    bias = None if bias is None else bias.to(x.dtype)
-    if _onednn_ok(x, weight):
-        attr, scalars = _ONEDNN_ACT[activation]
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-            attr or "none", scalars, None)
-    y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return _activate(y, activation, inplace=True)
+        return _affine_act(y, *batchnorm_scale_bias(bn, y), activation)
+    return _library_conv_act(x, conv, *_folded_conv_params(conv, bn, x), activation)
 
 
 def _fastblocks_depthwise(x: Tensor, weight: Optional[Tensor] = None) -> bool:
@@ -208,7 +186,7 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
                                      input_relu)
         else:
             y = conv._conv_forward(torch.relu(x) if input_relu else x, conv.weight, conv.bias)
-        return _activate(_batchnorm(bn, y), activation, inplace=True)
+        return _apply_activation(_batchnorm(bn, y), activation, inplace=True)
     if is_depthwise(conv) and not _fastblocks_depthwise(x, conv.weight):
         return _library_conv_bn_act(x, conv, bn, activation, input_relu)
     return _nn_conv_bn_act(x, conv, bn, activation, input_relu)
@@ -244,12 +222,10 @@ def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: 
 def bn_act(x: Tensor, bn: Optional[_BatchNorm], activation: str) -> Tensor:
     """``act(bn(x))`` as one pass (``affine_relu``; ReLU6 adds a clamp)."""
     if bn is None:
-        return _activate(x, activation, inplace=False)
+        return _apply_activation(x, activation, inplace=False)
     if _eager_batch_stats(bn, x):
-        return _activate(_batchnorm(bn, x), activation, inplace=True)
-    scale, shift = batchnorm_scale_bias(bn, x)
-    y = ops.affine_relu(x, scale, shift, relu=activation == "relu")
-    return _activate(y, activation, inplace=False) if activation == "relu6" else y
+        return _apply_activation(_batchnorm(bn, x), activation, inplace=True)
+    return _affine_act(x, *batchnorm_scale_bias(bn, x), activation)
 
 
 def run_conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: Optional[nn.Module], act: Optional[nn.Module] = None,

@@ -52,6 +52,31 @@ def _apply_activation(y: Tensor, activation: str, inplace: bool) -> Tensor:
     return y
 
 
+def _affine_act(y: Tensor, scale: Tensor, shift: Tensor, activation: str) -> Tensor:
+    """``act(y * scale[c] + shift[c])`` as one ``affine_relu`` pass; ReLU6 adds a clamp, not in place (affine_relu
+    keeps its output for its backward)."""
+    y = ops.affine_relu(y, scale, shift, relu=activation == "relu")
+    return _apply_activation(y, "relu6", inplace=False) if activation == "relu6" else y
+
+
+# oneDNN post-op (attr, scalars) of each activation, for mkldnn._convolution_pointwise.
+_ONEDNN_POST_OPS = {"none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}
+
+
+def _library_conv_act(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
+    """``act(conv2d(x, weight, bias))`` with conv's geometry, by PyTorch: oneDNN's fused convolution + bias +
+    activation where it may run (CPU inference), else the convolution and then the activation in place."""
+    bias = None if bias is None else bias.to(x.dtype)
+    if onednn_inference_ok(x, weight):
+        attr, scalars = _ONEDNN_POST_OPS[activation]
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, attr, scalars,
+            None,
+        )
+    y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return _apply_activation(y, activation, inplace=True)
+
+
 def _folded_conv_params(conv: nn.Conv2d, bn: Optional[_BatchNorm], x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
     """The convolution's weight (in x's dtype) and bias (float32 for half x) with an eval BatchNorm folded in.
 
@@ -121,9 +146,7 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
                                      "none", input_relu)
         else:
             y = conv(torch.relu(x) if input_relu else x)
-        scale, shift = batchnorm_scale_bias(bn, y)
-        y = ops.affine_relu(y, scale, shift, relu=activation == "relu")
-        return _apply_activation(y, "relu6", inplace=False) if activation == "relu6" else y
+        return _affine_act(y, *batchnorm_scale_bias(bn, y), activation)
 
     weight, bias = _folded_conv_params(conv, bn, x)
     if depthwise:
@@ -134,15 +157,7 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
         y = conv._conv_forward(x, weight, None if bias is None else bias.to(x.dtype))
         return _apply_activation(y, activation, inplace=True)
-    if onednn_inference_ok(x, weight):
-        attr, scalars = {"none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}[activation]
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, None if bias is None else bias.to(x.dtype), list(conv.padding), list(conv.stride),
-            list(conv.dilation), conv.groups, attr, scalars, None,
-        )
-    y = F.conv2d(x, weight, None if bias is None else bias.to(x.dtype), conv.stride, conv.padding, conv.dilation,
-                 conv.groups)
-    return _apply_activation(y, activation, inplace=True)
+    return _library_conv_act(x, conv, weight, bias, activation)
 
 
 class DepthwiseConv2d(nn.Conv2d):
