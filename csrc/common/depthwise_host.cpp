@@ -113,7 +113,6 @@ DepthwiseGeometry make_geometry(const at::Tensor& x, const at::Tensor& weight, a
   return g;
 }
 
-ChannelOrder order_of(const DepthwiseGeometry& g) { return g.channels_last ? ChannelOrder::kLast : ChannelOrder::kFirst; }
 }  // namespace
 
 Activation parse_activation(std::string_view name, const char* op, const char* arg) {

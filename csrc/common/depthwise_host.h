@@ -9,8 +9,14 @@
 #include <string_view>
 
 #include "common/depthwise.h"
+#include "common/layout.h"
 
 namespace fastblocks {
+
+// The memory order of x, out and their gradients.
+inline ChannelOrder order_of(const DepthwiseGeometry& g) {
+  return g.channels_last ? ChannelOrder::kLast : ChannelOrder::kFirst;
+}
 
 // "none", "relu" or "relu6"; errors name the argument `arg`.
 Activation parse_activation(std::string_view name, const char* op, const char* arg = "activation");

@@ -375,69 +375,64 @@ struct NchwForward {
 // contiguous range, so no transposed copy is made per call); phase 1 computes.
 struct ChannelGroups {
   int lanes = 0, rows = 0;  // lanes * rows <= kBlockThreads
+  int vec = 1, cols = 1;    // channels per lane, columns per strip
+  int64_t channels = 0, taps = 0, height = 0, strips = 0;  // of the image rows the items walk
   int64_t vecs = 0, groups = 0, items = 0, item_blocks = 0;
 
-  static ChannelGroups make(int64_t vecs, int vec, int64_t items, int64_t taps) {
+  // Work items = strips of `cols` columns of the batch x height x width image rows.
+  static ChannelGroups make(int64_t channels, int vec, int64_t batch, int64_t height, int64_t width, int cols,
+                            int64_t taps) {
     ChannelGroups c;
-    c.vecs = vecs;
-    c.lanes = static_cast<int>(std::min<int64_t>(vecs, 32));
+    c.vec = vec;
+    c.cols = cols;
+    c.channels = channels;
+    c.taps = taps;
+    c.height = height;
+    c.strips = ceil_div(width, cols);
+    c.vecs = channels / vec;
+    c.lanes = static_cast<int>(std::min<int64_t>(c.vecs, 32));
     while (c.lanes > 1 && taps * c.lanes * vec > kMaxSharedFloats) c.lanes /= 2;
     if (taps * c.lanes * vec > kMaxSharedFloats) {
       c.lanes = 0;
       return c;
     }
     c.rows = kBlockThreads / c.lanes;
-    c.groups = ceil_div(vecs, c.lanes);
-    c.items = items;
-    c.item_blocks = ceil_div(items, c.rows);
+    c.groups = ceil_div(c.vecs, c.lanes);
+    c.items = batch * height * c.strips;
+    c.item_blocks = ceil_div(c.items, c.rows);
     return c;
   }
   bool ok() const { return lanes > 0; }
   int64_t blocks() const { return groups * item_blocks; }
   int threads() const { return round_up(lanes * rows, 32); }
+  C10_HOST_DEVICE int width() const { return lanes * vec; }  // channels of a group: a row of the shared weights
+  C10_HOST_DEVICE int64_t shared_floats() const { return taps * width(); }
 
-  // The block's channel group and first item; a thread's lane and item (-1: idle).
-  struct Slot {
-    int64_t group, vector, item;
-    int lane;
-  };
-  C10_HOST_DEVICE Slot slot(int64_t block, int thread) const {
-    Slot sl;
-    sl.group = block % groups;
-    sl.lane = thread % lanes;
-    const int row = thread / lanes;
-    sl.vector = sl.group * lanes + sl.lane;
-    sl.item = (block / groups) * rows + row;
-    if (row >= rows || sl.item >= items || sl.vector >= vecs) sl.item = -1;
-    return sl;
-  }
-
-  // A thread's work as VEC channels x a strip of `cols` columns of one row of an image whose rows have `strips`
-  // strips: the lane's first channel in the group's shared weights (cl) and in the tensor (c0), the strip's first
-  // column, the row and the image. active = false: the thread idles.
+  // A thread's work: `vec` channels x a strip of `cols` columns of one image row: the lane's first channel in the
+  // group's shared weights (cl) and in the tensor (c0), the strip's first column, the row and the image.
+  // active = false: the thread idles.
   struct Strip {
     bool active;
-    int width, cl;
+    int cl;
     int64_t c0, col0, row, n;
   };
-  C10_HOST_DEVICE Strip strip(int64_t block, int thread, int vec, int64_t strips, int cols, int64_t height) const {
-    const Slot sl = slot(block, thread);
-    if (sl.item < 0) return {false, 0, 0, 0, 0, 0, 0};
-    const int64_t image_row = sl.item / strips;
-    return {true, lanes * vec, sl.lane * vec, sl.vector * vec, (sl.item % strips) * cols, image_row % height,
-            image_row / height};
+  C10_HOST_DEVICE Strip strip(int64_t block, int thread) const {
+    const int64_t group = block % groups;
+    const int lane = thread % lanes, row_in_block = thread / lanes;
+    const int64_t vector = group * lanes + lane, item = (block / groups) * rows + row_in_block;
+    if (row_in_block >= rows || item >= items || vector >= vecs) return {false, 0, 0, 0, 0, 0};
+    const int64_t image_row = item / strips;
+    return {true, lane * vec, vector * vec, (item % strips) * cols, image_row % height, image_row / height};
   }
 
-  // Phase 0: weights of the group's channels [c_lo, c_lo + lanes * vec) as shared[tap * width + channel]; channels
-  // past C read as 0.
+  // Phase 0: weights of the group's channels [c_lo, c_lo + width) as shared[tap * width + channel]; channels past
+  // C read as 0.
   template <typename T>
-  C10_HOST_DEVICE void stage_weights(const T* w, int64_t channels, int64_t taps, int vec, int64_t block, int thread,
-                                     int threads, Shared s) const {
-    const int width = lanes * vec;
-    const int64_t c_lo = (block % groups) * width;
-    for (int64_t i = thread; i < taps * width; i += threads) {
+  C10_HOST_DEVICE void stage_weights(const T* w, int64_t block, int thread, int threads, Shared s) const {
+    const int64_t c_lo = (block % groups) * width();
+    for (int64_t i = thread; i < taps * width(); i += threads) {
       const int64_t c = i / taps, tap = i - c * taps;  // i runs along the weight's memory: coalesced
-      s.store(tap * width + c, c_lo + c < channels ? static_cast<float>(w[(c_lo + c) * taps + tap]) : 0.f);
+      s.store(tap * width() + c, c_lo + c < channels ? static_cast<float>(w[(c_lo + c) * taps + tap]) : 0.f);
     }
   }
 };
@@ -453,30 +448,28 @@ struct NhwcForward {
   DepthwiseGeometry g;
   Activation act;
   bool input_relu;
-  int64_t strips;  // column strips of kCols outputs per output row
-  ChannelGroups cg;
+  ChannelGroups cg;  // items: strips of kCols outputs of the output rows
 
   static NhwcForward make(const DepthwiseForwardArgs& a) {
-    NhwcForward p{static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const float*>(a.bias),
-                  static_cast<T*>(a.out), a.geo, a.activation, a.input_relu, 0, {}};
-    p.strips = ceil_div(p.g.out_w, kCols);
-    p.cg = ChannelGroups::make(p.g.channels / VEC, VEC, p.g.batch * p.g.out_h * p.strips, p.g.taps());
-    return p;
+    const DepthwiseGeometry& g = a.geo;
+    return {static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const float*>(a.bias),
+            static_cast<T*>(a.out), g, a.activation, a.input_relu,
+            ChannelGroups::make(g.channels, VEC, g.batch, g.out_h, g.out_w, kCols, g.taps())};
   }
   bool ok() const { return cg.ok(); }
   int64_t blocks() const { return cg.blocks(); }
   int threads() const { return cg.threads(); }
-  C10_HOST_DEVICE int64_t shared_floats() const { return g.taps() * cg.lanes * VEC; }
+  C10_HOST_DEVICE int64_t shared_floats() const { return cg.shared_floats(); }
   std::string name() const {
     return std::string("nhwc_forward<") + dtype_name<T>() + ",vec" + std::to_string(VEC) + "," + shape_name<S>(g) + ">";
   }
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
-    if (k == 0) return cg.stage_weights(w, g.channels, g.taps(), VEC, block, thread, threads, s);
-    const auto st = cg.strip(block, thread, VEC, strips, kCols, g.out_h);
+    if (k == 0) return cg.stage_weights(w, block, thread, threads, s);
+    const auto st = cg.strip(block, thread);
     if (!st.active) return;
     const Taps<S> t{g};
-    const int width = st.width, cl = st.cl;
+    const int width = cg.width(), cl = st.cl;
     const int64_t C = g.channels, c0 = st.c0, ow0 = st.col0, oh = st.row, n = st.n;
     float acc[kCols][VEC] = {};
     const int64_t iw0 = ow0 * t.sw() - g.pad_w;
@@ -649,21 +642,18 @@ struct NhwcInputGrad {
   DepthwiseGeometry g;
   Activation act;
   bool input_relu;
-  int64_t strips;
-  ChannelGroups cg;
+  ChannelGroups cg;  // items: strips of kCols pixels of the input rows
 
   static NhwcInputGrad make(const DepthwiseBackwardArgs& a) {
-    NhwcInputGrad p{static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
-                    static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), a.geo, a.activation,
-                    a.input_relu, 0, {}};
-    p.strips = ceil_div(p.g.in_w, kCols);
-    p.cg = ChannelGroups::make(p.g.channels / VEC, VEC, p.g.batch * p.g.in_h * p.strips, p.g.taps());
-    return p;
+    const DepthwiseGeometry& g = a.geo;
+    return {static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
+            static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), g, a.activation, a.input_relu,
+            ChannelGroups::make(g.channels, VEC, g.batch, g.in_h, g.in_w, kCols, g.taps())};
   }
   bool ok() const { return cg.ok(); }
   int64_t blocks() const { return cg.blocks(); }
   int threads() const { return cg.threads(); }
-  C10_HOST_DEVICE int64_t shared_floats() const { return g.taps() * cg.lanes * VEC; }
+  C10_HOST_DEVICE int64_t shared_floats() const { return cg.shared_floats(); }
   std::string name() const {
     return std::string("nhwc_input_grad<") + dtype_name<T>() + ",vec" + std::to_string(VEC) + "," +
            shape_name<S>(g) + ">";
@@ -681,11 +671,11 @@ struct NhwcInputGrad {
   }
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
-    if (k == 0) return cg.stage_weights(w, g.channels, g.taps(), VEC, block, thread, threads, s);
-    const auto st = cg.strip(block, thread, VEC, strips, kCols, g.in_h);
+    if (k == 0) return cg.stage_weights(w, block, thread, threads, s);
+    const auto st = cg.strip(block, thread);
     if (!st.active) return;
     const Taps<S> t{g};
-    const int width = st.width, cl = st.cl;
+    const int width = cg.width(), cl = st.cl;
     const int64_t C = g.channels, c0 = st.c0, iw0 = st.col0, ih = st.row, n = st.n;
     float acc[kCols][VEC] = {};
     if constexpr (kCols > 1) {

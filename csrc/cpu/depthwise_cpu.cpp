@@ -46,7 +46,7 @@ bool has_promised_strides(const at::Tensor& t, const DepthwiseGeometry& g) {
 // t, or a copy of it with the promised strides.
 at::Tensor in_promised_layout(const at::Tensor& t, const DepthwiseGeometry& g) {
   if (has_promised_strides(t, g)) return t;
-  return empty_in_order(t.sizes(), t.options(), g.channels_last ? ChannelOrder::kLast : ChannelOrder::kFirst).copy_(t);
+  return empty_in_order(t.sizes(), t.options(), order_of(g)).copy_(t);
 }
 
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
