@@ -1,10 +1,12 @@
 // The fastblocks op library: every schema in one place (impls are registered beside their kernels in cpu/
 // and cuda/; fake impls and autograd in pyfastblocks/ops.py), and the Python module pyfastblocks._C.
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>  // pybind11 with torch's type casters (not torch/extension.h: it pulls in the
+                                      // whole C++ frontend, a large share of this file's compile time)
 #include <torch/library.h>
 
 #include "cpu/depthwise_backend.h"
 #include "cpu/depthwise_tiled_emulation.h"
+#include "cpu/epilogue_emulation.h"
 #include "cpu/kernels.h"
 #include "generated/build_config.h"
 
@@ -14,36 +16,51 @@
 
 TORCH_LIBRARY(fastblocks, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
-  // relu(x * scale[c] + bias[c] + residual), channel = dim 1; relu=False leaves out the activation.
-  m.def("add_relu(Tensor x, Tensor residual, Tensor? scale=None, Tensor? bias=None, bool relu=True) -> Tensor",
-        tags);
-  // From the forward's output (its sign is the ReLU mask). grad_x is empty ([0]) when scale is None (it then
-  // equals grad_residual). With compute_param_grads, grad_bias = sum(g) per channel and, when x is given (it
-  // needs scale), grad_scale = sum(g * x); both [C] in the accumulation dtype (float64 for float64 data, else
-  // float32), else empty.
+  // Every epilogue takes `activation` (a name of the table in common/activation.h: "none", "relu", "relu6",
+  // "leaky_relu", "silu", "hardswish", "gelu", "gelu_tanh") and `negative_slope` (leaky_relu's; ignored by the others).
+  // The epilogue backward ops recompute the pre-activation z from the forward's inputs (their outputs are never saved:
+  // a model may change them in place), so they take the inputs and the same scale/bias/activation.
+
+  // act(x * scale[c] + bias[c] + residual), channel = dim 1.
   m.def(
-      "add_relu_backward(Tensor grad_out, Tensor out, Tensor? x, Tensor? scale, bool relu, bool compute_param_grads)"
+      "add_act(Tensor x, Tensor residual, Tensor? scale=None, Tensor? bias=None, str activation=\"relu\","
+      " float negative_slope=0.01) -> Tensor",
+      tags);
+  // g = act'(z) * grad_out. grad_residual = g; grad_x = g * scale ([0] when scale is None: it equals grad_residual).
+  // x and residual are required unless activation is "none". With compute_param_grads: grad_bias = sum(g) per
+  // channel and, when x and scale are given, grad_scale = sum(g * x); both [C] in the accumulation dtype (float64 for
+  // float64 data, else float32), else [0].
+  m.def(
+      "add_act_backward(Tensor grad_out, Tensor? x, Tensor? residual, Tensor? scale, Tensor? bias, str activation,"
+      " float negative_slope, bool compute_param_grads)"
       " -> (Tensor grad_x, Tensor grad_residual, Tensor grad_scale, Tensor grad_bias)",
       tags);
-  // act(cat(inputs, 1) * scale[c] + bias[c]) in one pass; scale/bias run over the output channels.
-  m.def("branch_concat(Tensor[] inputs, Tensor? scale=None, Tensor? bias=None, bool relu=True) -> Tensor", tags);
-  // One gradient per branch (channels[i] channels each, in out's memory order). With compute_param_grads,
-  // grad_bias = sum(g) per channel and, when the inputs are given, grad_scale = sum(g * cat(inputs)); both [C] in
-  // the accumulation dtype, else empty.
+  // act(cat(inputs, 1) * scale[c] + bias[c]) in one pass; scale/bias run over the output channels. One input: the
+  // conv -> BN -> act tail (pyfastblocks.ops.affine_act).
   m.def(
-      "branch_concat_backward(Tensor grad_out, Tensor out, SymInt[] channels, Tensor[] inputs, Tensor? scale, bool relu,"
-      " bool compute_param_grads) -> (Tensor[] grad_inputs, Tensor grad_scale, Tensor grad_bias)",
+      "branch_concat(Tensor[] inputs, Tensor? scale=None, Tensor? bias=None, str activation=\"relu\","
+      " float negative_slope=0.01) -> Tensor",
       tags);
-  // F.conv2d(relu(x) if input_relu else x, weight, bias, stride, padding, dilation, groups=C), then the
-  // activation ("none", "relu", "relu6"); weight [C * m, 1, kh, kw].
+  // One gradient per branch (channels[i] channels each, in the inputs' memory order). inputs may be empty only
+  // with activation "none". With compute_param_grads, grad_bias = sum(g) per channel and, when inputs and scale are
+  // given, grad_scale = sum(g * cat(inputs)); both [C] in the accumulation dtype, else [0].
+  m.def(
+      "branch_concat_backward(Tensor grad_out, SymInt[] channels, Tensor[] inputs, Tensor? scale, Tensor? bias,"
+      " str activation, float negative_slope, bool compute_param_grads)"
+      " -> (Tensor[] grad_inputs, Tensor grad_scale, Tensor grad_bias)",
+      tags);
+  // act(F.conv2d(relu(x) if input_relu else x, weight, bias, stride, padding, dilation, groups=C));
+  // weight [C * m, 1, kh, kw].
   m.def(
       "depthwise_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation,"
-      " str activation=\"none\", bool input_relu=False) -> Tensor",
+      " str activation=\"none\", bool input_relu=False, float negative_slope=0.01) -> Tensor",
       tags);
   // Gradients of x, weight (weight's dtype) and bias (accumulation dtype); each [0] unless output_mask asks.
+  // `out` (the forward's output) is read for activations whose gradient follows from it (ReLU-like); `bias` is read
+  // to recompute the pre-activation for the others (SiLU, GELU, Hardswish, leaky_relu with a negative slope).
   m.def(
-      "depthwise_conv2d_backward(Tensor grad_out, Tensor out, Tensor x, Tensor weight, int[2] stride,"
-      " int[2] padding, int[2] dilation, str activation, bool input_relu, bool[3] output_mask)"
+      "depthwise_conv2d_backward(Tensor grad_out, Tensor? out, Tensor x, Tensor weight, Tensor? bias, int[2] stride,"
+      " int[2] padding, int[2] dilation, str activation, float negative_slope, bool input_relu, bool[3] output_mask)"
       " -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)",
       tags);
   // depthwise_conv2d(x, depthwise_weight, depthwise_bias, ..., depthwise_activation, input_relu), then the 1x1
@@ -51,7 +68,8 @@ TORCH_LIBRARY(fastblocks, m) {
   m.def(
       "separable_conv2d(Tensor x, Tensor depthwise_weight, Tensor? depthwise_bias, Tensor pointwise_weight,"
       " Tensor? pointwise_bias, int[2] stride, int[2] padding, int[2] dilation, str depthwise_activation=\"none\","
-      " str activation=\"none\", bool input_relu=False) -> Tensor",
+      " str activation=\"none\", bool input_relu=False, float depthwise_negative_slope=0.01,"
+      " float negative_slope=0.01) -> Tensor",
       tags);
 }
 
@@ -84,6 +102,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_cpu_depthwise_backend", &fastblocks::set_cpu_depthwise_backend);
   m.def("_cpu_depthwise_backend", &fastblocks::cpu_depthwise_backend);
   // Test hooks: the CUDA backend's tiled depthwise programs run on the CPU (cpu/depthwise_tiled_emulation.h).
-  m.def("_emulate_tiled_depthwise_forward", &fastblocks::emulate_tiled_depthwise_forward);
-  m.def("_emulate_tiled_depthwise_backward", &fastblocks::emulate_tiled_depthwise_backward);
+  namespace py = pybind11;
+  m.def("_emulate_tiled_depthwise_forward", &fastblocks::emulate_tiled_depthwise_forward, py::arg("x"),
+        py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("activation"), py::arg("input_relu"), py::arg("negative_slope") = 0.01);
+  m.def("_emulate_tiled_depthwise_backward", &fastblocks::emulate_tiled_depthwise_backward, py::arg("grad_out"),
+        py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("activation"), py::arg("input_relu"), py::arg("output_mask"), py::arg("negative_slope") = 0.01);
+  // Test hooks: the CUDA backend's epilogue programs run on the CPU (cpu/epilogue_emulation.h).
+  m.def("_emulate_add_act", &fastblocks::emulate_add_act);
+  m.def("_emulate_add_act_backward", &fastblocks::emulate_add_act_backward);
+  m.def("_emulate_branch_concat", &fastblocks::emulate_branch_concat);
+  m.def("_emulate_branch_concat_backward", &fastblocks::emulate_branch_concat_backward);
 }

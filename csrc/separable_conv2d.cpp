@@ -1,6 +1,7 @@
 // fastblocks::separable_conv2d: the depthwise step (fastblocks::depthwise_conv2d, bias + activation + input ReLU
 // in its kernel) followed by the pointwise 1x1 convolution as one GEMM with its bias (and, for ReLU, the
-// activation: at::_addmm_activation, cuBLASLt's RELU_BIAS epilogue on CUDA) on the channels_last view.
+// activation: at::_addmm_activation, cuBLASLt's RELU_BIAS epilogue on CUDA; other activations through the epilogue
+// op) on the channels_last view.
 // Registered as CompositeImplicitAutograd: autograd, fake tensors, torch.compile and export see the depthwise
 // op and ATen ops it is made of, so it needs no backward or fake impl of its own.
 #include <ATen/ATen.h>
@@ -10,8 +11,8 @@
 
 #include <string>
 
+#include "common/activation_host.h"
 #include "common/checks.h"
-#include "common/depthwise_host.h"
 
 namespace fastblocks {
 namespace {
@@ -21,12 +22,23 @@ constexpr const char* kOp = "separable_conv2d";
 
 at::Tensor depthwise_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                        c10::string_view activation, bool input_relu) {
+                        c10::string_view activation, bool input_relu, double negative_slope) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastblocks::depthwise_conv2d", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, c10::string_view, bool)>();
-  return op.call(x, weight, bias, stride, padding, dilation, activation, input_relu);
+                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, c10::string_view, bool,
+                                         double)>();
+  return op.call(x, weight, bias, stride, padding, dilation, activation, input_relu, negative_slope);
+}
+
+// act(y) for any activation of the table: fastblocks::branch_concat with one input and no scale/bias (autograd,
+// fake tensors and every device come with the op).
+at::Tensor activation_op(const at::Tensor& y, c10::string_view activation, double negative_slope) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastblocks::branch_concat", "")
+                       .typed<at::Tensor(at::TensorList, const std::optional<at::Tensor>&,
+                                         const std::optional<at::Tensor>&, c10::string_view, double)>();
+  return op.call({y}, std::nullopt, std::nullopt, activation, negative_slope);
 }
 
 // One size for a message: its value, or "s" when symbolic.
@@ -35,20 +47,24 @@ std::string sym_int_string(const c10::SymInt& v) {
   return value.has_value() ? std::to_string(*value) : std::string("s");
 }
 
-at::Tensor apply_activation_(at::Tensor y, Activation act) {
-  if (act == Activation::kReLU) return y.relu_();
-  if (act == Activation::kReLU6) return y.clamp_(0, 6);
-  return y;
+// The pointwise step's activation: ReLU in place (the convolution / GEMM output is not saved by its backward), the
+// others through the epilogue op.
+at::Tensor apply_activation(at::Tensor y, const ActivationSpec& act, c10::string_view name, double negative_slope) {
+  if (act.kind == Activation::kNone) return y;
+  if (act.kind == Activation::kReLU) return y.relu_();
+  return activation_op(y, name, negative_slope);
 }
 
 at::Tensor separable_conv2d(const at::Tensor& x, const at::Tensor& depthwise_weight,
                             const std::optional<at::Tensor>& depthwise_bias, const at::Tensor& pointwise_weight,
                             const std::optional<at::Tensor>& pointwise_bias, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view depthwise_activation,
-                            c10::string_view activation, bool input_relu) {
-  const Activation act = parse_activation(std::string_view(activation.data(), activation.size()), kOp);
-  parse_activation(std::string_view(depthwise_activation.data(), depthwise_activation.size()), kOp,
-                   "depthwise_activation");
+                            c10::string_view activation, bool input_relu, double depthwise_negative_slope,
+                            double negative_slope) {
+  const ActivationSpec act =
+      parse_activation(std::string_view(activation.data(), activation.size()), negative_slope, kOp);
+  parse_activation(std::string_view(depthwise_activation.data(), depthwise_activation.size()),
+                   depthwise_negative_slope, kOp, "depthwise_activation", "depthwise_negative_slope");
   // The depthwise step's tensors, checked here so that errors name this op's arguments (depthwise_conv2d would
   // call them 'weight' and 'bias'). Sizes are SymInts: the composite also runs on fake tensors with symbolic
   // shapes (torch.compile, export). stride/padding/dilation keep their names: depthwise_conv2d checks them.
@@ -92,7 +108,7 @@ at::Tensor separable_conv2d(const at::Tensor& x, const at::Tensor& depthwise_wei
                          dtype);
   }
   const at::Tensor mid = depthwise_op(x, depthwise_weight, depthwise_bias, stride, padding, dilation,
-                                      depthwise_activation, input_relu);
+                                      depthwise_activation, input_relu, depthwise_negative_slope);
   const c10::SymInt c_mid = mid.sym_size(1), c_out = pointwise_weight.sym_size(0);
   FASTBLOCKS_CHECK_ARG(pointwise_weight.sym_size(1) == c_mid, kOp, "pointwise_weight",
                        "must have as many input channels as the depthwise step has outputs (C * multiplier)");
@@ -106,7 +122,7 @@ at::Tensor separable_conv2d(const at::Tensor& x, const at::Tensor& depthwise_wei
   }
   if (!mid.is_contiguous(at::MemoryFormat::ChannelsLast) || mid.is_contiguous()) {
     // NCHW: the library's 1x1 convolution (a batched GEMM over [C_mid, H*W] planes).
-    return apply_activation_(at::conv2d(mid, pointwise_weight, pw_bias), act);
+    return apply_activation(at::conv2d(mid, pointwise_weight, pw_bias), act, activation, negative_slope);
   }
   // channels_last: [N*H*W, C_mid] x [C_mid, C_out] as one GEMM; the result viewed back is channels_last.
   const c10::SymInt n = mid.sym_size(0), h = mid.sym_size(2), w = mid.sym_size(3);
@@ -116,10 +132,11 @@ at::Tensor separable_conv2d(const at::Tensor& x, const at::Tensor& depthwise_wei
   // _addmm_activation has no derivative: it serves inference only.
   const bool needs_grad = at::GradMode::is_enabled() &&
                           (rows.requires_grad() || wt.requires_grad() || (pw_bias.has_value() && pw_bias->requires_grad()));
-  if (pw_bias.has_value() && act == Activation::kReLU && !needs_grad) {
+  if (pw_bias.has_value() && act.kind == Activation::kReLU && !needs_grad) {
     out = at::_addmm_activation(*pw_bias, rows, wt, 1, 1, /*use_gelu=*/false);
   } else {
-    out = apply_activation_(pw_bias.has_value() ? at::addmm(*pw_bias, rows, wt) : at::mm(rows, wt), act);
+    out = apply_activation(pw_bias.has_value() ? at::addmm(*pw_bias, rows, wt) : at::mm(rows, wt), act, activation,
+                           negative_slope);
   }
   return out.view_symint({n, h, w, c_out}).permute({0, 3, 1, 2});
 }

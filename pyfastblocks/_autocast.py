@@ -10,7 +10,7 @@ this module registers the equivalent kernels on the AutocastCPU and AutocastCUDA
 data/parameter split.
 
 Casting follows autocast's own rule for its lower-precision ops: a tensor is cast when it is floating point,
-not float64, and on the autocast's device; so ``add_relu(x bf16, residual fp32)`` runs both in the autocast
+not float64, and on the autocast's device; so ``add_act(x bf16, residual fp32)`` runs both in the autocast
 dtype, and float64 data stays float64. A parameter that is neither float32 nor the data's dtype (say float16
 beside bfloat16 data) is cast to float32, which every kernel takes. The op then runs once below autocast
 (``_ExcludeDispatchKeyGuard``), so autograd records the casts and the backward ops run in the same dtypes.
@@ -49,34 +49,36 @@ def _param(p: Optional[Tensor], data_dtype: torch.dtype) -> Optional[Tensor]:
     return p.to(torch.float32) if p.is_floating_point() else p
 
 
-def _add_relu(device_type, dtype, x, residual, scale=None, bias=None, relu=True):
+def _add_act(device_type, dtype, x, residual, scale=None, bias=None, activation="relu", negative_slope=0.01):
     x, residual = _data(x, device_type, dtype), _data(residual, device_type, dtype)
-    return (x, residual, _param(scale, x.dtype), _param(bias, x.dtype), relu)
+    return (x, residual, _param(scale, x.dtype), _param(bias, x.dtype), activation, negative_slope)
 
 
-def _branch_concat(device_type, dtype, inputs, scale=None, bias=None, relu=True):
+def _branch_concat(device_type, dtype, inputs, scale=None, bias=None, activation="relu", negative_slope=0.01):
     inputs = [_data(t, device_type, dtype) for t in inputs]
     data_dtype = inputs[0].dtype if inputs else dtype
-    return (inputs, _param(scale, data_dtype), _param(bias, data_dtype), relu)
+    return (inputs, _param(scale, data_dtype), _param(bias, data_dtype), activation, negative_slope)
 
 
 def _depthwise_conv2d(device_type, dtype, x, weight, bias, stride, padding, dilation, activation="none",
-                      input_relu=False):
+                      input_relu=False, negative_slope=0.01):
     x, weight = _data(x, device_type, dtype), _data(weight, device_type, dtype)
-    return (x, weight, _param(bias, x.dtype), stride, padding, dilation, activation, input_relu)
+    return (x, weight, _param(bias, x.dtype), stride, padding, dilation, activation, input_relu, negative_slope)
 
 
 def _separable_conv2d(device_type, dtype, x, depthwise_weight, depthwise_bias, pointwise_weight, pointwise_bias,
-                      stride, padding, dilation, depthwise_activation="none", activation="none", input_relu=False):
+                      stride, padding, dilation, depthwise_activation="none", activation="none", input_relu=False,
+                      depthwise_negative_slope=0.01, negative_slope=0.01):
     x = _data(x, device_type, dtype)
     depthwise_weight = _data(depthwise_weight, device_type, dtype)
     pointwise_weight = _data(pointwise_weight, device_type, dtype)
     return (x, depthwise_weight, _param(depthwise_bias, x.dtype), pointwise_weight, _param(pointwise_bias, x.dtype),
-            stride, padding, dilation, depthwise_activation, activation, input_relu)
+            stride, padding, dilation, depthwise_activation, activation, input_relu, depthwise_negative_slope,
+            negative_slope)
 
 
 _RULES: Dict[str, Callable] = {
-    "add_relu": _add_relu,
+    "add_act": _add_act,
     "branch_concat": _branch_concat,
     "depthwise_conv2d": _depthwise_conv2d,
     "separable_conv2d": _separable_conv2d,

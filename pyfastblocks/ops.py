@@ -2,6 +2,7 @@
 
 Schemas are in csrc/fastblocks.cpp; CPU kernels in csrc/cpu/, CUDA kernels in csrc/cuda/.
 """
+import math
 import operator
 from typing import List, Optional, Sequence, Union
 
@@ -9,10 +10,11 @@ import torch
 from torch import Tensor
 
 from . import _extension  # noqa: F401  (registers the ops)
+from . import activations as _act
 from ._layout import accumulation_dtype, empty_in_order, inputs_channel_order, preferred_channel_order
 
-__all__ = ["add_relu", "affine_relu", "branch_concat", "depthwise_conv2d", "separable_conv2d",
-           "set_cpu_depthwise_backend", "cpu_depthwise_backend"]
+__all__ = ["add_act", "add_relu", "affine_act", "affine_relu", "branch_concat", "depthwise_conv2d",
+           "separable_conv2d", "set_cpu_depthwise_backend", "cpu_depthwise_backend"]
 
 _INT64_MAX = 2**63 - 1
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -81,125 +83,209 @@ def _param_grads(ctx, grad_scale: Tensor, grad_bias: Tensor):
     )
 
 
+def _check_activation(op: str, activation, negative_slope, arg: str = "activation",
+                      slope_arg: str = "negative_slope") -> None:
+    """The activation table's name check (and a finite slope), naming the op's argument, as the kernels do."""
+    _act.check(activation, f"fastblocks::{op}", arg)
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or not math.isfinite(
+            negative_slope):
+        raise ValueError(f"fastblocks::{op}: argument '{slope_arg}' must be a finite number, got {negative_slope!r}")
+
+
+def _fake_check_activation(op: str, activation: str, negative_slope: float, arg: str = "activation") -> None:
+    torch._check(activation in _act.ACTIVATIONS,
+                 lambda: f"fastblocks::{op}: argument '{arg}' must be one of {list(_act.NAMES)}, got {activation!r}")
+
+
+def _relu_flag(op: str, relu) -> str:
+    """The older ``relu: bool`` spelling as an activation name (a bool, not any truthy value)."""
+    if not isinstance(relu, bool):
+        raise TypeError(f"fastblocks::{op}: argument 'relu' must be a bool, got {type(relu).__name__}")
+    return "relu" if relu else "none"
+
+
+def _needs_inputs(activation: str) -> bool:
+    """Does the backward of an epilogue with this activation recompute the pre-activation from the inputs?"""
+    return activation != "none"
+
+
 # --------------------------------------------------------------------------------------------------------
-# add_relu
+# add_act (the residual form of the epilogue)
 
 
-def add_relu(
-    x: Tensor, residual: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor] = None, relu: bool = True
-) -> Tensor:
-    """``relu(x * scale[c] + bias[c] + residual)`` in one pass; channel is dim 1.
+def add_act(x: Tensor, residual: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+            activation: str = "relu", negative_slope: float = 0.01) -> Tensor:
+    """``act(x * scale[c] + bias[c] + residual)`` in one pass; channel is dim 1.
 
     The tail of a residual block with its BatchNorm folded into ``scale``/``bias`` (eval:
-    ``scale = gamma / sqrt(running_var + eps)``, ``bias = beta - running_mean * scale``). ``relu=False``
-    leaves out the activation (MobileNetV2, Xception). ``x`` and ``residual`` have the same shape, dtype and
-    device (no broadcasting); ``scale``/``bias`` are ``[C]``, in x's dtype or float32. The output keeps x's
-    memory format (channels_last in, channels_last out).
+    ``scale = gamma / sqrt(running_var + eps)``, ``bias = beta - running_mean * scale``).
+
+    Args:
+        x, residual: the same shape ``[N, C, ...]`` (rank >= 2, no broadcasting), dtype (float32, float64, float16,
+            bfloat16) and device.
+        scale, bias: ``[C]``, in x's dtype or float32 (None: 1 and 0).
+        activation: a name of :mod:`pyfastblocks.activations` (``"none"``, ``"relu"``, ``"relu6"``, ``"leaky_relu"``,
+            ``"silu"``, ``"hardswish"``, ``"gelu"``, ``"gelu_tanh"``).
+        negative_slope: leaky_relu's slope (ignored by the other activations).
+
+    Returns:
+        a tensor like x, in x's memory format (channels_last in, channels_last out).
+
+    Backward: the pre-activation ``z`` is recomputed from the inputs (``x``, ``residual``, ``scale``, ``bias``) rather
+    than the output being kept: it is exact (the forward's own arithmetic), it serves every activation (SiLU, GELU and
+    Hardswish need ``z``), and it never keeps the output, which the model may change in place afterwards (an in-place
+    activation or add). It costs no memory in training: ``x`` is the BatchNorm's input and ``residual`` the block's
+    input, which autograd keeps for the convolutions anyway. Activation "none" keeps nothing (``x`` only for the
+    gradient of ``scale``).
+
+    Raises:
+        ValueError / RuntimeError naming the argument: an unknown activation, mismatched shapes/dtypes/devices, a
+        parameter of the wrong size.
     """
-    return torch.ops.fastblocks.add_relu.default(x, residual, scale, bias, relu)
+    _check_activation("add_act", activation, negative_slope)
+    return torch.ops.fastblocks.add_act.default(x, residual, scale, bias, activation, float(negative_slope))
 
 
-@torch.library.register_fake("fastblocks::add_relu")
-def _add_relu_fake(x, residual, scale=None, bias=None, relu=True):
-    _check_tensor("add_relu", "x", x)
-    _check_tensor("add_relu", "residual", residual)
-    _check_same_device("add_relu", ("x", x), ("residual", residual), ("scale", scale), ("bias", bias))
-    _check_rank("add_relu", "x", x, 2)
-    torch._check(residual.shape == x.shape, lambda: "fastblocks::add_relu: argument 'residual' must have the shape of 'x'")
-    torch._check(residual.dtype == x.dtype, lambda: "fastblocks::add_relu: argument 'residual' must have the dtype of 'x'")
+def add_relu(x: Tensor, residual: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+             relu: bool = True) -> Tensor:
+    """``relu(x * scale[c] + bias[c] + residual)`` (``relu=False``: no activation): :func:`add_act` with
+    ``activation="relu"`` / ``"none"``."""
+    return add_act(x, residual, scale, bias, _relu_flag("add_relu", relu))
+
+
+@torch.library.register_fake("fastblocks::add_act")
+def _add_act_fake(x, residual, scale=None, bias=None, activation="relu", negative_slope=0.01):
+    op = "add_act"
+    _fake_check_activation(op, activation, negative_slope)
+    _check_tensor(op, "x", x)
+    _check_tensor(op, "residual", residual)
+    _check_same_device(op, ("x", x), ("residual", residual), ("scale", scale), ("bias", bias))
+    _check_rank(op, "x", x, 2)
+    torch._check(residual.shape == x.shape, lambda: "fastblocks::add_act: argument 'residual' must have the shape of 'x'")
+    torch._check(residual.dtype == x.dtype, lambda: "fastblocks::add_act: argument 'residual' must have the dtype of 'x'")
     for name, p in (("scale", scale), ("bias", bias)):
         if p is not None:
             torch._check(
                 p.dim() == 1 and p.shape[0] == x.shape[1],
-                lambda name=name: f"fastblocks::add_relu: argument '{name}' must be a 1-D tensor of one value per channel",
+                lambda name=name: f"fastblocks::add_act: argument '{name}' must be a 1-D tensor of one value per channel",
             )
     return empty_in_order(x.shape, x, preferred_channel_order(x))
 
 
-@torch.library.register_fake("fastblocks::add_relu_backward")
-def _add_relu_backward_fake(grad_out, out, x, scale, relu, compute_param_grads):
-    op = "add_relu_backward"
+@torch.library.register_fake("fastblocks::add_act_backward")
+def _add_act_backward_fake(grad_out, x, residual, scale, bias, activation, negative_slope, compute_param_grads):
+    op = "add_act_backward"
+    _fake_check_activation(op, activation, negative_slope)
     _check_tensor(op, "grad_out", grad_out)
-    _check_tensor(op, "out", out)
-    _check_same_device(op, ("grad_out", grad_out), ("out", out), ("x", x), ("scale", scale))
-    _check_rank(op, "out", out, 2)
-    torch._check(grad_out.shape == out.shape, lambda: f"fastblocks::{op}: argument 'grad_out' must have the shape of 'out'")
-    order = preferred_channel_order(out)
-    channels = out.shape[1]
-    acc = accumulation_dtype(out.dtype)
-    grad_x = empty_in_order(out.shape, out, order) if scale is not None else out.new_empty(0)
-    grad_residual = empty_in_order(out.shape, out, order)
-    grad_scale = out.new_empty(channels if (compute_param_grads and x is not None) else 0, dtype=acc)
-    grad_bias = out.new_empty(channels if compute_param_grads else 0, dtype=acc)
+    _check_same_device(op, ("grad_out", grad_out), ("x", x), ("residual", residual), ("scale", scale), ("bias", bias))
+    _check_rank(op, "grad_out", grad_out, 2)
+    if activation != "none":
+        torch._check(x is not None and residual is not None,
+                     lambda: f"fastblocks::{op}: arguments 'x' and 'residual' are required with activation {activation!r}")
+    for name, t in (("x", x), ("residual", residual)):
+        if t is not None:
+            torch._check(t.shape == grad_out.shape,
+                         lambda name=name: f"fastblocks::{op}: argument '{name}' must have the shape of 'grad_out'")
+    order = preferred_channel_order(x if x is not None else grad_out)
+    channels = grad_out.shape[1]
+    acc = accumulation_dtype(grad_out.dtype)
+    grad_x = empty_in_order(grad_out.shape, grad_out, order) if scale is not None else grad_out.new_empty(0)
+    grad_residual = empty_in_order(grad_out.shape, grad_out, order)
+    want_scale = compute_param_grads and x is not None and scale is not None
+    grad_scale = grad_out.new_empty(channels if want_scale else 0, dtype=acc)
+    grad_bias = grad_out.new_empty(channels if compute_param_grads else 0, dtype=acc)
     return grad_x, grad_residual, grad_scale, grad_bias
 
 
-def _add_relu_setup_context(ctx, inputs, output):
-    x, residual, scale, bias, relu = inputs
-    # x is kept only when the gradient of scale needs it (sum(g * x)); the ReLU mask comes from the output.
-    keep_x = scale is not None and scale.requires_grad
-    ctx.save_for_backward(output, x if keep_x else None, scale)
+def _add_act_setup_context(ctx, inputs, output):
+    x, residual, scale, bias, activation, negative_slope = inputs
+    # x and residual for the pre-activation (every activation but "none"); x alone for sum(g * x), the gradient of
+    # scale. Never the output (see add_act's docstring).
+    keep_x = _needs_inputs(activation) or (scale is not None and scale.requires_grad)
+    keep_residual = _needs_inputs(activation)
+    ctx.save_for_backward(x if keep_x else None, residual if keep_residual else None, scale, bias)
     _save_param_grad_info(ctx, scale, bias)
-    ctx.relu = relu
+    ctx.activation, ctx.negative_slope = activation, negative_slope
 
 
-def _add_relu_backward(ctx, grad):
-    out, x, scale = ctx.saved_tensors
+def _add_act_backward(ctx, grad):
+    x, residual, scale, bias = ctx.saved_tensors
     need_scale, need_bias = ctx.need_scale_grad, ctx.need_bias_grad
-    grad_x, grad_residual, grad_scale, grad_bias = torch.ops.fastblocks.add_relu_backward.default(
-        grad, out, x if need_scale else None, scale, ctx.relu, need_scale or need_bias
+    grad_x, grad_residual, grad_scale, grad_bias = torch.ops.fastblocks.add_act_backward.default(
+        grad, x, residual, scale, bias, ctx.activation, ctx.negative_slope, need_scale or need_bias
     )
     if scale is None:
         grad_x = grad_residual
-    return (grad_x, grad_residual, *_param_grads(ctx, grad_scale, grad_bias), None)
+    return (grad_x, grad_residual, *_param_grads(ctx, grad_scale, grad_bias), None, None)
 
 
-torch.library.register_autograd("fastblocks::add_relu", _add_relu_backward, setup_context=_add_relu_setup_context)
+torch.library.register_autograd("fastblocks::add_act", _add_act_backward, setup_context=_add_act_setup_context)
 
 
 # --------------------------------------------------------------------------------------------------------
-# branch_concat
+# branch_concat (and its one-input form, affine_act)
 
 
 def branch_concat(
-    inputs: Sequence[Tensor], scale: Optional[Tensor] = None, bias: Optional[Tensor] = None, relu: bool = True
+    inputs: Sequence[Tensor], scale: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+    activation: str = "relu", negative_slope: float = 0.01, *, relu: Optional[bool] = None,
 ) -> Tensor:
     """``act(torch.cat(inputs, 1) * scale[c] + bias[c])`` in one pass (one kernel launch on CUDA).
 
-    The tail of an Inception module: each branch's folded BatchNorm laid end to end in ``scale``/``bias``
-    (``[sum C_i]``, in the inputs' dtype or float32), ReLU (``relu=True``), then the concat; every input is
-    written straight into its channel range of the output. Inputs (1 to 16) agree in every dim but 1, in dtype
-    and device; the output takes the memory format of the first input with more than one channel (others are
-    converted). Gradients: one per input, plus per-channel ones for scale and bias.
+    The tail of an Inception module: each branch's folded BatchNorm laid end to end in ``scale``/``bias``, the
+    activation, then the concat; every input is written straight into its channel range of the output.
+
+    Args:
+        inputs: 1 to 16 tensors ``[N, C_i, ...]`` agreeing in every dim but 1, in dtype and device.
+        scale, bias: ``[sum C_i]``, in the inputs' dtype or float32 (None: 1 and 0).
+        activation, negative_slope: as :func:`add_act`. ``relu=True/False`` (keyword) is the older spelling of
+            ``activation="relu"/"none"``.
+
+    Returns:
+        ``[N, sum C_i, ...]`` in the memory format of the first input with more than one channel (inputs in another
+        format are converted).
+
+    Backward: one gradient per input plus per-channel ones for scale and bias; the pre-activation is recomputed
+    from the inputs (kept for every activation but "none"), as :func:`add_act` explains.
     """
     if isinstance(inputs, Tensor):  # list(tensor) would split it along dim 0: a silent wrong result
         raise TypeError(
             "fastblocks::branch_concat: argument 'inputs' must be a list or tuple of tensors, got a Tensor "
-            "(for a single input, pass [x] or use affine_relu(x))"
+            "(for a single input, pass [x] or use affine_act(x))"
         )
+    if relu is not None:
+        activation = _relu_flag("branch_concat", relu)
+    _check_activation("branch_concat", activation, negative_slope)
     inputs = list(inputs)
     if not inputs:  # the dispatcher cannot route an op with no tensor at all: say it here
         raise RuntimeError("fastblocks::branch_concat: argument 'inputs' must hold at least one tensor")
-    return torch.ops.fastblocks.branch_concat.default(inputs, scale, bias, relu)
+    return torch.ops.fastblocks.branch_concat.default(inputs, scale, bias, activation, float(negative_slope))
 
 
-def affine_relu(x: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor] = None, relu: bool = True) -> Tensor:
-    """``act(x * scale[c] + bias[c])`` in one pass: a folded BatchNorm and its ReLU after a convolution.
+def affine_act(x: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor] = None, activation: str = "relu",
+               negative_slope: float = 0.01) -> Tensor:
+    """``act(x * scale[c] + bias[c])`` in one pass: a folded BatchNorm and its activation after a convolution.
 
-    The one-input case of :func:`branch_concat` (same kernels, same autograd).
+    The one-input case of :func:`branch_concat` (same kernels, same autograd); arguments as :func:`add_act`.
     """
     # x's own checks first, so that errors name 'x' (branch_concat would call it 'inputs[0]').
     if not isinstance(x, Tensor):
-        raise TypeError(f"fastblocks::affine_relu: argument 'x' must be a tensor, got {type(x).__name__}")
+        raise TypeError(f"fastblocks::affine_act: argument 'x' must be a tensor, got {type(x).__name__}")
     if x.dim() < 2:
         raise RuntimeError(
-            f"fastblocks::affine_relu: argument 'x' must have rank >= 2 with channels in dim 1, got shape {list(x.shape)}"
+            f"fastblocks::affine_act: argument 'x' must have rank >= 2 with channels in dim 1, got shape {list(x.shape)}"
         )
     if x.dtype not in _FLOATING:
         raise RuntimeError(
-            f"fastblocks::affine_relu: argument 'x' must be float32, float64, float16 or bfloat16, got {x.dtype}"
+            f"fastblocks::affine_act: argument 'x' must be float32, float64, float16 or bfloat16, got {x.dtype}"
         )
-    return torch.ops.fastblocks.branch_concat.default([x], scale, bias, relu)
+    _check_activation("affine_act", activation, negative_slope)
+    return torch.ops.fastblocks.branch_concat.default([x], scale, bias, activation, float(negative_slope))
+
+
+def affine_relu(x: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor] = None, relu: bool = True) -> Tensor:
+    """``relu(x * scale[c] + bias[c])`` (``relu=False``: no activation): :func:`affine_act` with ``"relu"``/``"none"``."""
+    return affine_act(x, scale, bias, _relu_flag("affine_relu", relu))
 
 
 def _with_channels(shape, channels):
@@ -209,8 +295,9 @@ def _with_channels(shape, channels):
 
 
 @torch.library.register_fake("fastblocks::branch_concat")
-def _branch_concat_fake(inputs, scale=None, bias=None, relu=True):
+def _branch_concat_fake(inputs, scale=None, bias=None, activation="relu", negative_slope=0.01):
     op = "branch_concat"
+    _fake_check_activation(op, activation, negative_slope)
     torch._check(len(inputs) >= 1, lambda: "fastblocks::branch_concat: argument 'inputs' must hold at least one tensor")
     _check_same_device(op, *((f"inputs[{i}]", t) for i, t in enumerate(inputs)), ("scale", scale), ("bias", bias))
     for i, t in enumerate(inputs):
@@ -230,46 +317,50 @@ def _branch_concat_fake(inputs, scale=None, bias=None, relu=True):
 
 
 @torch.library.register_fake("fastblocks::branch_concat_backward")
-def _branch_concat_backward_fake(grad_out, out, channels, inputs, scale, relu, compute_param_grads):
+def _branch_concat_backward_fake(grad_out, channels, inputs, scale, bias, activation, negative_slope,
+                                 compute_param_grads):
     op = "branch_concat_backward"
+    _fake_check_activation(op, activation, negative_slope)
     _check_tensor(op, "grad_out", grad_out)
-    _check_tensor(op, "out", out)
-    _check_same_device(op, ("grad_out", grad_out), ("out", out), *((f"inputs[{i}]", t) for i, t in enumerate(inputs)),
-                       ("scale", scale))
-    _check_rank(op, "out", out, 2)
-    torch._check(grad_out.shape == out.shape, lambda: f"fastblocks::{op}: argument 'grad_out' must have the shape of 'out'")
+    _check_same_device(op, ("grad_out", grad_out), *((f"inputs[{i}]", t) for i, t in enumerate(inputs)),
+                       ("scale", scale), ("bias", bias))
+    _check_rank(op, "grad_out", grad_out, 2)
     torch._check(1 <= len(channels) <= 16, lambda: f"fastblocks::{op}: argument 'channels' must list 1 to 16 channel counts")
     for c in channels:
         torch._check(c >= 0, lambda: f"fastblocks::{op}: argument 'channels' must be non-negative, got {list(channels)}")
-    torch._check(sum(channels) == out.shape[1], lambda: f"fastblocks::{op}: argument 'channels' must add up to out.size(1)")
+    torch._check(sum(channels) == grad_out.shape[1],
+                 lambda: f"fastblocks::{op}: argument 'channels' must add up to grad_out.size(1)")
     torch._check(len(inputs) in (0, len(channels)),
                  lambda: f"fastblocks::{op}: argument 'inputs' must be empty or hold one tensor per branch")
-    order = preferred_channel_order(out)
-    grads = [empty_in_order(_with_channels(out.shape, c), out, order) for c in channels]
-    acc = accumulation_dtype(out.dtype)
-    total = out.shape[1]
-    grad_scale = out.new_empty(total if (compute_param_grads and len(inputs) > 0) else 0, dtype=acc)
-    grad_bias = out.new_empty(total if compute_param_grads else 0, dtype=acc)
+    torch._check(len(inputs) > 0 or activation == "none",
+                 lambda: f"fastblocks::{op}: argument 'inputs' are required with activation {activation!r}")
+    order = inputs_channel_order(inputs) if inputs else preferred_channel_order(grad_out)
+    grads = [empty_in_order(_with_channels(grad_out.shape, c), grad_out, order) for c in channels]
+    acc = accumulation_dtype(grad_out.dtype)
+    total = grad_out.shape[1]
+    want_scale = compute_param_grads and len(inputs) > 0 and scale is not None
+    grad_scale = grad_out.new_empty(total if want_scale else 0, dtype=acc)
+    grad_bias = grad_out.new_empty(total if compute_param_grads else 0, dtype=acc)
     return grads, grad_scale, grad_bias
 
 
 def _branch_concat_setup_context(ctx, inputs, output):
-    tensors, scale, bias, relu = inputs
-    # The inputs are kept only when the gradient of scale needs them (sum(g * x)).
-    keep_x = scale is not None and scale.requires_grad
+    tensors, scale, bias, activation, negative_slope = inputs
+    # The inputs for the pre-activation (every activation but "none") or for sum(g * x), the gradient of scale.
+    keep_x = _needs_inputs(activation) or (scale is not None and scale.requires_grad)
     ctx.channels = [t.shape[1] for t in tensors]
-    ctx.save_for_backward(output, scale, *(tensors if keep_x else ()))
+    ctx.save_for_backward(scale, bias, *(tensors if keep_x else ()))
     _save_param_grad_info(ctx, scale, bias)
-    ctx.relu = relu
+    ctx.activation, ctx.negative_slope = activation, negative_slope
 
 
 def _branch_concat_backward(ctx, grad):
-    out, scale, *xs = ctx.saved_tensors
+    scale, bias, *xs = ctx.saved_tensors
     need_scale, need_bias = ctx.need_scale_grad, ctx.need_bias_grad
     grads, grad_scale, grad_bias = torch.ops.fastblocks.branch_concat_backward.default(
-        grad, out, ctx.channels, xs, scale, ctx.relu, need_scale or need_bias
+        grad, ctx.channels, xs, scale, bias, ctx.activation, ctx.negative_slope, need_scale or need_bias
     )
-    return (list(grads), *_param_grads(ctx, grad_scale, grad_bias), None)
+    return (list(grads), *_param_grads(ctx, grad_scale, grad_bias), None, None)
 
 
 torch.library.register_autograd(
@@ -311,17 +402,25 @@ def depthwise_conv2d(
     dilation: IntPair = 1,
     activation: str = "none",
     input_relu: bool = False,
+    negative_slope: float = 0.01,
 ) -> Tensor:
     """``act(F.conv2d(relu(x) if input_relu else x, weight, bias, stride, padding, dilation, groups=C))``.
 
-    ``weight`` is ``[C * m, 1, kh, kw]`` (channel multiplier m >= 1), ``bias`` ``[C * m]`` in x's dtype or
-    float32, ``activation`` one of ``"none"``, ``"relu"``, ``"relu6"`` (a folded BatchNorm goes into ``weight``
-    and ``bias``). ``input_relu`` applies a ReLU to the input as it is read (Xception's pre-activation), so the
-    un-activated input stays available to a skip path. The output keeps x's memory format.
+    ``x`` is ``[N, C, H, W]`` (float32/64, float16, bfloat16), ``weight`` ``[C * m, 1, kh, kw]`` (channel
+    multiplier m >= 1) in x's dtype, ``bias`` ``[C * m]`` in x's dtype or float32; a folded BatchNorm goes into
+    ``weight`` and ``bias``. ``activation``/``negative_slope``: a name of :mod:`pyfastblocks.activations`, applied in
+    the kernel's epilogue. ``input_relu`` applies a ReLU to the input as it is read (Xception's pre-activation), so
+    the un-activated input stays available to a skip path. The output keeps x's memory format.
+
+    Backward: for ReLU-like activations (``none``, ``relu``, ``relu6``, ``leaky_relu`` with a slope >= 0) the
+    gradient mask comes from the saved output; for the others (SiLU, Hardswish, GELU) the backward recomputes the
+    pre-activation with the forward kernel (no activation) rather than the forward keeping it: one more depthwise
+    pass in the backward, no extra memory held between forward and backward.
     """
+    _check_activation("depthwise_conv2d", activation, negative_slope)
     return torch.ops.fastblocks.depthwise_conv2d.default(
         x, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"),
-        activation, input_relu,
+        activation, input_relu, float(negative_slope),
     )
 
 
@@ -394,8 +493,10 @@ def _check_conv_args(op, x, weight, stride, padding, dilation):
 
 
 @torch.library.register_fake("fastblocks::depthwise_conv2d")
-def _depthwise_conv2d_fake(x, weight, bias, stride, padding, dilation, activation="none", input_relu=False):
+def _depthwise_conv2d_fake(x, weight, bias, stride, padding, dilation, activation="none", input_relu=False,
+                           negative_slope=0.01):
     op = "depthwise_conv2d"
+    _fake_check_activation(op, activation, negative_slope)
     _check_tensor(op, "x", x)
     _check_tensor(op, "weight", weight)
     _check_same_device(op, ("x", x), ("weight", weight), ("bias", bias))
@@ -407,12 +508,13 @@ def _depthwise_conv2d_fake(x, weight, bias, stride, padding, dilation, activatio
 
 
 @torch.library.register_fake("fastblocks::depthwise_conv2d_backward")
-def _depthwise_conv2d_backward_fake(grad_out, out, x, weight, stride, padding, dilation, activation, input_relu,
-                                    output_mask):
+def _depthwise_conv2d_backward_fake(grad_out, out, x, weight, bias, stride, padding, dilation, activation,
+                                    negative_slope, input_relu, output_mask):
     op = "depthwise_conv2d_backward"
-    for name, t in (("grad_out", grad_out), ("out", out), ("x", x), ("weight", weight)):
+    _fake_check_activation(op, activation, negative_slope)
+    for name, t in (("grad_out", grad_out), ("x", x), ("weight", weight)):
         _check_tensor(op, name, t)
-    _check_same_device(op, ("grad_out", grad_out), ("out", out), ("x", x), ("weight", weight))
+    _check_same_device(op, ("grad_out", grad_out), ("out", out), ("x", x), ("weight", weight), ("bias", bias))
     _check_rank(op, "x", x, 4, exact=True)
     torch._check(weight.dim() == 4 and weight.shape[1] == 1,
                  lambda: f"fastblocks::{op}: argument 'weight' must be [C * m, 1, kh, kw]")
@@ -424,23 +526,28 @@ def _depthwise_conv2d_backward_fake(grad_out, out, x, weight, stride, padding, d
 
 
 def _depthwise_setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, activation, input_relu = inputs
-    ctx.save_for_backward(x, weight, output)
-    ctx.conv = (stride, padding, dilation, activation, input_relu)
+    x, weight, bias, stride, padding, dilation, activation, input_relu, negative_slope = inputs
+    # ReLU-like activations: the output's mask; the others: bias, to recompute the pre-activation.
+    entry = _act.ACTIVATIONS[activation]
+    from_output = activation != "none" and entry.grad_from_output(negative_slope)
+    recompute = not entry.grad_from_output(negative_slope)
+    ctx.save_for_backward(x, weight, output if from_output else None, bias if recompute else None)
+    ctx.conv = (stride, padding, dilation, activation, negative_slope, input_relu)
     ctx.mask = [x.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad]
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
 def _depthwise_backward(ctx, grad):
-    x, weight, out = ctx.saved_tensors
+    x, weight, out, bias = ctx.saved_tensors
+    stride, padding, dilation, activation, negative_slope, input_relu = ctx.conv
     grad_input, grad_weight, grad_bias = torch.ops.fastblocks.depthwise_conv2d_backward.default(
-        grad, out, x, weight, *ctx.conv, ctx.mask
+        grad, out, x, weight, bias, stride, padding, dilation, activation, negative_slope, input_relu, ctx.mask
     )
     return (
         grad_input if ctx.mask[0] else None,
         grad_weight if ctx.mask[1] else None,
         grad_bias.to(ctx.bias_dtype) if ctx.mask[2] else None,
-        None, None, None, None, None,
+        None, None, None, None, None, None,
     )
 
 
@@ -467,18 +574,24 @@ def separable_conv2d(
     depthwise_activation: str = "none",
     activation: str = "none",
     input_relu: bool = False,
+    depthwise_negative_slope: float = 0.01,
+    negative_slope: float = 0.01,
 ) -> Tensor:
     """``act(conv1x1(depthwise_conv2d(x, ..., depthwise_activation, input_relu), pointwise_weight, pointwise_bias))``.
 
     The depthwise step is :func:`depthwise_conv2d` (bias, activation and input ReLU inside its kernel); the
     pointwise 1x1 convolution ``[C_out, C * m, 1, 1]`` runs as one GEMM with its bias on the channels_last view
     (ReLU fused into the GEMM where the library has it: ``_addmm_activation``), or as the library's 1x1
-    convolution for NCHW input. Folded BatchNorms go into the weights and biases.
+    convolution for NCHW input; other activations than ReLU run as one :func:`affine_act` pass. Folded BatchNorms go
+    into the weights and biases. Activations and slopes as :func:`depthwise_conv2d`.
     """
+    _check_activation(_SEPARABLE, depthwise_activation, depthwise_negative_slope, "depthwise_activation",
+                      "depthwise_negative_slope")
+    _check_activation(_SEPARABLE, activation, negative_slope)
     return torch.ops.fastblocks.separable_conv2d.default(
         x, depthwise_weight, depthwise_bias, pointwise_weight, pointwise_bias, _pair(stride, "stride", _SEPARABLE),
         _pair(padding, "padding", _SEPARABLE), _pair(dilation, "dilation", _SEPARABLE), depthwise_activation,
-        activation, input_relu,
+        activation, input_relu, float(depthwise_negative_slope), float(negative_slope),
     )
 
 
@@ -501,7 +614,7 @@ def _no_double_backward(forward: str):
     return backward
 
 
-for _forward in ("add_relu", "branch_concat", "depthwise_conv2d"):
+for _forward in ("add_act", "branch_concat", "depthwise_conv2d"):
     torch.library.register_autograd(f"fastblocks::{_forward}_backward", _no_double_backward(_forward))
 del _forward
 

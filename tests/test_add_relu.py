@@ -1,4 +1,5 @@
-"""fastblocks::add_relu against a float64 PyTorch reference, its gradients, opcheck, and bad input."""
+"""fastblocks::add_act with ReLU (ops.add_relu) against a float64 PyTorch reference, its gradients, opcheck, and bad
+input (every other activation: tests/test_activations.py)."""
 import os
 import subprocess
 import sys
@@ -143,23 +144,23 @@ def _opcheck_samples(device):
         for affine in AFFINE:
             for dtype in (torch.float32, torch.float16):
                 x, r, s, b = make_inputs((2, 4, 3, 5), dtype, device, layout, affine, requires_grad=dtype == torch.float32)
-                samples.append((x, r, s, b, affine != "bias"))
+                samples.append((x, r, s, b, "relu" if affine != "bias" else "none", 0.01))
     x, r, s, b = make_inputs((3, 7), torch.float32, device, "nchw", "scale_bias", requires_grad=True)
-    samples.append((x, r, s, b, True))
+    samples.append((x, r, s, b, "relu", 0.01))
     return samples
 
 
 def test_opcheck(device):
     for args in _opcheck_samples(device):
-        opcheck(torch.ops.fastblocks.add_relu.default, args)
+        opcheck(torch.ops.fastblocks.add_act.default, args)
 
 
 def test_opcheck_backward(device):
     x, r, s, b = make_inputs((2, 4, 3, 5), torch.float32, device, "channels_last", "scale_bias")
-    out = ops.add_relu(x, r, s, b)
-    grad = torch.randn_like(out)
-    for args in [(grad, out, x, s, True, True), (grad, out, None, s, False, True), (grad, out, None, None, True, False)]:
-        opcheck(torch.ops.fastblocks.add_relu_backward.default, args)
+    grad = torch.randn_like(x)
+    for args in [(grad, x, r, s, b, "relu", 0.01, True), (grad, None, None, s, b, "none", 0.01, True),
+                 (grad, x, r, None, None, "relu", 0.01, False), (grad, x, r, s, b, "silu", 0.01, True)]:
+        opcheck(torch.ops.fastblocks.add_act_backward.default, args)
 
 
 def test_backward_is_deterministic(device):
@@ -255,10 +256,10 @@ def test_bad_input_names_the_argument(arg, kwargs, expected):
 
 def test_bad_input_in_backward_names_the_argument():
     out = torch.randn(2, 4, 3, 3)
-    with pytest.raises(RuntimeError, match="'grad_out'.*shape"):
-        torch.ops.fastblocks.add_relu_backward(torch.randn(2, 4, 3), out, None, None, True, False)
-    with pytest.raises(RuntimeError, match="'x'.*scale"):
-        torch.ops.fastblocks.add_relu_backward(torch.randn_like(out), out, torch.randn_like(out), None, True, True)
+    with pytest.raises(RuntimeError, match="'x'.*shape"):
+        torch.ops.fastblocks.add_act_backward(torch.randn(2, 4, 3), out, out, None, None, "relu", 0.01, False)
+    with pytest.raises(RuntimeError, match="'residual'.*required"):
+        torch.ops.fastblocks.add_act_backward(torch.randn_like(out), out, None, None, None, "relu", 0.01, True)
 
 
 # --------------------------------------------------------------------------------------------------------

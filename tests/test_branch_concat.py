@@ -120,17 +120,18 @@ def test_opcheck(device):
         for affine in AFFINE:
             for channels in ([3, 5], [1, 4, 2, 8]):
                 inputs, s, b = make_inputs(channels, (3, 4), torch.float32, device, layout, affine, requires_grad=True)
-                opcheck(torch.ops.fastblocks.branch_concat.default, (inputs, s, b, affine != "bias"))
+                opcheck(torch.ops.fastblocks.branch_concat.default,
+                        (inputs, s, b, "relu" if affine != "bias" else "none", 0.01))
     inputs, s, b = make_inputs([8, 8], (2, 2), torch.float16, device, "channels_last", "scale_bias")
-    opcheck(torch.ops.fastblocks.branch_concat.default, (inputs, s, b, True))
+    opcheck(torch.ops.fastblocks.branch_concat.default, (inputs, s, b, "relu", 0.01))
 
 
 def test_opcheck_backward(device):
     inputs, s, b = make_inputs([3, 5], (3, 4), torch.float32, device, "channels_last", "scale_bias")
     out = ops.branch_concat(inputs, s, b)
     grad = torch.randn_like(out)
-    for args in [(grad, out, [3, 5], inputs, s, True, True), (grad, out, [3, 5], [], None, False, True),
-                 (grad, out, [3, 5], [], s, True, False)]:
+    for args in [(grad, [3, 5], inputs, s, b, "relu", 0.01, True), (grad, [3, 5], [], None, None, "none", 0.01, True),
+                 (grad, [3, 5], inputs, s, b, "relu", 0.01, False), (grad, [3, 5], inputs, s, b, "gelu", 0.01, True)]:
         opcheck(torch.ops.fastblocks.branch_concat_backward.default, args)
 
 
@@ -211,9 +212,10 @@ def test_bad_input_names_the_argument(arg, kwargs, expected):
 def test_bad_input_in_backward_names_the_argument():
     out = torch.randn(2, 6, 3, 3)
     with pytest.raises(RuntimeError, match="'channels'.*add up"):
-        torch.ops.fastblocks.branch_concat_backward(torch.randn_like(out), out, [2, 3], [], None, True, False)
+        torch.ops.fastblocks.branch_concat_backward(torch.randn_like(out), [2, 3], [], None, None, "none", 0.01, False)
     with pytest.raises(RuntimeError, match="'inputs'.*one tensor per branch"):
-        torch.ops.fastblocks.branch_concat_backward(torch.randn_like(out), out, [2, 4], [out], None, True, True)
+        torch.ops.fastblocks.branch_concat_backward(torch.randn_like(out), [2, 4], [out], None, None, "relu", 0.01,
+                                                    True)
 
 
 # --------------------------------------------------------------------------------------------------------

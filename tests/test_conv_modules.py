@@ -186,7 +186,7 @@ def test_separable_conv2d_bad_input():
         ops.separable_conv2d(x, dw, None, torch.randn(8, 5, 1, 1))
     with pytest.raises(RuntimeError, match="argument 'pointwise_bias'"):
         ops.separable_conv2d(x, dw, None, torch.randn(8, 4, 1, 1), torch.randn(7))
-    with pytest.raises(RuntimeError, match="argument 'activation'"):
-        ops.separable_conv2d(x, dw, None, torch.randn(8, 4, 1, 1), None, activation="gelu")
+    with pytest.raises(ValueError, match="argument 'activation'"):
+        ops.separable_conv2d(x, dw, None, torch.randn(8, 4, 1, 1), None, activation="swish2")
     with pytest.raises(RuntimeError, match="argument 'pointwise_weight'"):
         ops.separable_conv2d(x, dw, None, torch.randn(8, 4, 1, 1, dtype=torch.float64))

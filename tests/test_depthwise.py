@@ -186,16 +186,19 @@ def test_zero_batch(device):
 def test_opcheck(device):
     for cfg in CONFIGS[:4] + CONFIGS[-1:]:
         for layout in ("nchw", "channels_last"):
-            for activation, input_relu in (("none", False), ("relu6", True)):
+            for activation, input_relu in (("none", False), ("relu6", True), ("silu", False)):
                 x, w, b = make_inputs(cfg, torch.float32, device, layout, requires_grad=True)
                 opcheck(torch.ops.fastblocks.depthwise_conv2d.default,
-                        (x, w, b, list(cfg["stride"]), list(cfg["padding"]), list(cfg["dilation"]), activation, input_relu))
+                        (x, w, b, list(cfg["stride"]), list(cfg["padding"]), list(cfg["dilation"]), activation, input_relu,
+                         0.01))
     cfg = CONFIGS[-2]
     x, w, b = make_inputs(cfg, torch.float32, device, "channels_last")
     out = run(x, w, b, cfg, "relu")
     for mask in ([True, True, True], [False, True, False], [True, False, False]):
         opcheck(torch.ops.fastblocks.depthwise_conv2d_backward.default,
-                (torch.randn_like(out), out, x, w, [1, 1], [1, 1], [1, 1], "relu", False, mask))
+                (torch.randn_like(out), out, x, w, None, [1, 1], [1, 1], [1, 1], "relu", 0.01, False, mask))
+        opcheck(torch.ops.fastblocks.depthwise_conv2d_backward.default,
+                (torch.randn_like(out), None, x, w, b, [1, 1], [1, 1], [1, 1], "hardswish", 0.01, False, mask))
 
 
 def test_backward_is_deterministic(device):

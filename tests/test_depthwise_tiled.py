@@ -273,7 +273,7 @@ def test_cuda_matches_the_emulator(geometry, dtype, channels_last):
     grad_out = grad_out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     emulated = _C._emulate_tiled_depthwise_backward(grad_out, out, x, weight, *args, "relu", True, [True] * 3)
     on_gpu = torch.ops.fastblocks.depthwise_conv2d_backward(
-        grad_out.cuda(), out.cuda(), x.cuda(), weight.cuda(), *args, "relu", True, [True] * 3
+        grad_out.cuda(), out.cuda(), x.cuda(), weight.cuda(), None, *args, "relu", 0.01, True, [True] * 3
     )
     for e, g in zip(emulated[:3], on_gpu):
         if e is not None:

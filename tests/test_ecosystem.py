@@ -605,7 +605,7 @@ def test_export_fused_modules_eval():
     batch = torch.export.Dim("batch", min=1, max=64)
     ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    for op in ("fastblocks.add_relu", "fastblocks.branch_concat", "fastblocks.depthwise_conv2d"):
+    for op in ("fastblocks.add_act", "fastblocks.branch_concat", "fastblocks.depthwise_conv2d"):
         assert any(t.startswith(op) for t in targets), (op, targets)
     run = ep.module()
     with torch.no_grad():
@@ -635,7 +635,7 @@ def test_jit_trace_ops_and_modules():
 
     traced = _quiet(torch.jit.trace, f, (x, res, s, b, w))
     kinds = {n.kind() for n in traced.graph.nodes()}
-    assert {"fastblocks::add_relu", "fastblocks::depthwise_conv2d", "fastblocks::branch_concat"} <= kinds
+    assert {"fastblocks::add_act", "fastblocks::depthwise_conv2d", "fastblocks::branch_concat"} <= kinds
     assert torch.equal(traced(x, res, s, b, w), f(x, res, s, b, w))
     # gradients through the traced graph (the ops' autograd formulas run from TorchScript's interpreter)
     leaves = [t.clone().requires_grad_() for t in (x, res, s, b, w)]
@@ -655,7 +655,7 @@ def test_jit_trace_modules_eval_without_trace_check():
         want = model(xin)
         traced = _quiet(torch.jit.trace, model, (xin,), check_trace=False)
         kinds = {n.kind() for n in traced.inlined_graph.nodes()}
-        assert {"fastblocks::add_relu", "fastblocks::branch_concat", "fastblocks::separable_conv2d"} <= kinds, kinds
+        assert {"fastblocks::add_act", "fastblocks::branch_concat", "fastblocks::separable_conv2d"} <= kinds, kinds
         torch.testing.assert_close(traced(xin), want)
         other = torch.randn(5, 3, 8, 8)  # another batch size: the trace is not specialized to it
         torch.testing.assert_close(traced(other), model(other))
@@ -679,9 +679,9 @@ def test_jit_trace_conv_bn_act_inference_cpu():
 
 def test_jit_script_raw_ops_work():
     def f(x, res, s, b, w):
-        y = torch.ops.fastblocks.add_relu(x, res, s, b, True)
-        y = torch.ops.fastblocks.depthwise_conv2d(y, w, b, [1, 1], [1, 1], [1, 1], "relu", False)
-        return torch.ops.fastblocks.branch_concat([y, x], None, None, False)
+        y = torch.ops.fastblocks.add_act(x, res, s, b, "relu", 0.01)
+        y = torch.ops.fastblocks.depthwise_conv2d(y, w, b, [1, 1], [1, 1], [1, 1], "silu", False, 0.01)
+        return torch.ops.fastblocks.branch_concat([y, x], None, None, "gelu", 0.01)
 
     scripted = _quiet(torch.jit.script, f)
     x, res = torch.randn(2, 8, 5, 5), torch.randn(2, 8, 5, 5)
@@ -843,7 +843,7 @@ def test_export_swapped_models_eval(name):
         # every BatchNorm folded or fused: none left as an op of its own
         assert not [t for t in targets if "batch_norm" in t], targets
         if name != "swap_timm_mobilenetv1_100":  # residual tails (MobileNetV1 has none: conv + folded BN + act)
-            assert any(t.startswith("fastblocks.add_relu") for t in targets), targets
+            assert any(t.startswith("fastblocks.add_act") for t in targets), targets
         run = ep.module()
         with torch.no_grad():
             for inp in (x, x.to(memory_format=CL)):

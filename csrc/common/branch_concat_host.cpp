@@ -1,9 +1,11 @@
 #include "common/branch_concat_host.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <string>
 
+#include "common/activation_host.h"
 #include "common/checks.h"
 #include "common/epilogue_host.h"
 #include "common/layout.h"
@@ -63,7 +65,9 @@ void check_branch_concat_devices(at::TensorList inputs, const std::optional<at::
 }
 
 BranchConcatForwardPlan plan_branch_concat_forward(at::TensorList inputs, const std::optional<at::Tensor>& scale,
-                                                   const std::optional<at::Tensor>& bias, bool relu) {
+                                                   const std::optional<at::Tensor>& bias,
+                                                   std::string_view activation, double negative_slope) {
+  const ActivationSpec act = parse_activation(activation, negative_slope, kForward);
   check_inputs(inputs, kForward);
   const at::Tensor& x0 = inputs[0];
   BranchConcatForwardPlan plan;
@@ -87,21 +91,20 @@ BranchConcatForwardPlan plan_branch_concat_forward(at::TensorList inputs, const 
   a.bias = plan.bias.defined() ? plan.bias.const_data_ptr() : nullptr;
   a.view = make_channel_view(sizes, order);
   a.dtype = x0.scalar_type();
-  a.relu = relu;
+  a.act = act;
   return plan;
 }
 
-BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out, const at::Tensor& out,
-                                                     at::IntArrayRef channels, at::TensorList inputs,
-                                                     const std::optional<at::Tensor>& scale, bool relu,
+BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out, at::IntArrayRef channels,
+                                                     at::TensorList inputs, const std::optional<at::Tensor>& scale,
+                                                     const std::optional<at::Tensor>& bias,
+                                                     std::string_view activation, double negative_slope,
                                                      bool compute_param_grads) {
-  check_defined(out, kBackward, "out");
-  FASTBLOCKS_CHECK_ARG(out.dim() >= 2, kBackward, "out", "must have rank >= 2 with channels in dim 1, got shape ",
-                       shape_string(out.sizes()));
-  check_floating_tensor(out, kBackward, "out");
-  check_same_dtype_device(grad_out, "grad_out", out, "out", kBackward);
-  FASTBLOCKS_CHECK_ARG(grad_out.sizes() == out.sizes(), kBackward, "grad_out", "must have the shape of 'out' ",
-                       shape_string(out.sizes()), ", got ", shape_string(grad_out.sizes()));
+  const ActivationSpec act = parse_activation(activation, negative_slope, kBackward);
+  check_defined(grad_out, kBackward, "grad_out");
+  FASTBLOCKS_CHECK_ARG(grad_out.dim() >= 2, kBackward, "grad_out",
+                       "must have rank >= 2 with channels in dim 1, got shape ", shape_string(grad_out.sizes()));
+  check_floating_tensor(grad_out, kBackward, "grad_out");
   FASTBLOCKS_CHECK_ARG(!channels.empty() && channels.size() <= static_cast<size_t>(kMaxBranches), kBackward,
                        "channels", "must list 1 to ", std::to_string(kMaxBranches), " channel counts, got ",
                        std::to_string(channels.size()));
@@ -110,31 +113,37 @@ BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out,
     FASTBLOCKS_CHECK_ARG(c >= 0, kBackward, "channels", "must be non-negative, got ", shape_string(channels));
     total += c;
   }
-  FASTBLOCKS_CHECK_ARG(total == out.size(1), kBackward, "channels", "must add up to out.size(1) = ",
-                       std::to_string(out.size(1)), ", got ", shape_string(channels));
+  FASTBLOCKS_CHECK_ARG(total == grad_out.size(1), kBackward, "channels", "must add up to grad_out.size(1) = ",
+                       std::to_string(grad_out.size(1)), ", got ", shape_string(channels));
   FASTBLOCKS_CHECK_ARG(inputs.empty() || inputs.size() == channels.size(), kBackward, "inputs",
                        "must be empty or hold one tensor per branch (", std::to_string(channels.size()), "), got ",
                        std::to_string(inputs.size()));
+  // z = cat(inputs) * scale + bias is recomputed for every activation but "none".
+  FASTBLOCKS_CHECK_ARG(!inputs.empty() || act.kind == Activation::kNone, kBackward, "inputs",
+                       "are required with activation \"", activation_name(act.kind),
+                       "\" (its gradient needs the pre-activation, recomputed from the inputs)");
 
   BranchConcatBackwardPlan plan;
-  const int64_t C = out.size(1);
-  plan.scale = channel_param(scale, "scale", out, "out", C, kBackward);
-  const ChannelOrder order = preferred_channel_order(out);
-  plan.out = to_order(out, order);
+  const int64_t C = grad_out.size(1);
+  plan.scale = channel_param(scale, "scale", grad_out, "grad_out", C, kBackward);
+  plan.bias = channel_param(bias, "bias", grad_out, "grad_out", C, kBackward);
+  // The forward's memory order (its inputs') when they are given.
+  const ChannelOrder order = inputs.empty() ? preferred_channel_order(grad_out) : inputs_order(inputs);
   plan.grad_out = to_order(grad_out, order);
-  const bool want_grad_scale = compute_param_grads && !inputs.empty();
+  const bool want_grad_scale = compute_param_grads && !inputs.empty() && plan.scale.defined();
+  const bool reads_x = act.kind != Activation::kNone || want_grad_scale;
 
   auto& a = plan.args;
   a.grad_x.count = static_cast<int>(channels.size());
   int64_t begin = 0;
   for (size_t i = 0; i < channels.size(); ++i) {
-    const auto sizes = with_channels(out.sizes(), channels[i]);
-    plan.grad_inputs.push_back(empty_in_order(sizes, out.options(), order));
+    const auto sizes = with_channels(grad_out.sizes(), channels[i]);
+    plan.grad_inputs.push_back(empty_in_order(sizes, grad_out.options(), order));
     a.grad_x.data[i] = plan.grad_inputs.back().mutable_data_ptr();
     a.grad_x.channel_begin[i] = begin;
-    if (want_grad_scale) {
+    if (reads_x) {
       const std::string name = input_name(i);
-      check_same_dtype_device(inputs[i], name.c_str(), out, "out", kBackward);
+      check_same_dtype_device(inputs[i], name.c_str(), grad_out, "grad_out", kBackward);
       FASTBLOCKS_CHECK_ARG(inputs[i].sizes() == at::IntArrayRef(sizes), kBackward, name.c_str(), "must have shape ",
                            shape_string(sizes), ", got ", shape_string(inputs[i].sizes()));
       plan.inputs.push_back(to_order(inputs[i], order));
@@ -144,11 +153,11 @@ BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out,
     begin += channels[i];
   }
   a.grad_x.channel_begin[channels.size()] = begin;
-  if (want_grad_scale) {
+  if (reads_x) {
     a.x.count = a.grad_x.count;
     a.x.channel_begin[channels.size()] = begin;
   }
-  finish_epilogue_backward_plan(a, plan.grad_out, plan.out, plan.scale, order, relu, want_grad_scale,
+  finish_epilogue_backward_plan(a, plan.grad_out, plan.scale, plan.bias, order, act, want_grad_scale,
                                 compute_param_grads, plan.grad_scale, plan.grad_bias);
   return plan;
 }

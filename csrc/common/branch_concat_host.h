@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string_view>
 #include <vector>
 
 #include "common/epilogue_args.h"
@@ -21,17 +22,20 @@ struct BranchConcatForwardPlan {
 struct BranchConcatBackwardPlan {
   std::vector<at::Tensor> grad_inputs;
   at::Tensor grad_scale, grad_bias;
-  at::Tensor grad_out, out, scale;
+  at::Tensor grad_out, scale, bias;
   std::vector<at::Tensor> inputs;
   EpilogueBackwardArgs args;
 };
 
 BranchConcatForwardPlan plan_branch_concat_forward(at::TensorList inputs, const std::optional<at::Tensor>& scale,
-                                                   const std::optional<at::Tensor>& bias, bool relu);
+                                                   const std::optional<at::Tensor>& bias,
+                                                   std::string_view activation, double negative_slope);
 
-BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out, const at::Tensor& out,
-                                                     at::IntArrayRef channels, at::TensorList inputs,
-                                                     const std::optional<at::Tensor>& scale, bool relu,
+// `inputs` may be empty only with activation "none" (then grad_scale is not computed either).
+BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out, at::IntArrayRef channels,
+                                                     at::TensorList inputs, const std::optional<at::Tensor>& scale,
+                                                     const std::optional<at::Tensor>& bias,
+                                                     std::string_view activation, double negative_slope,
                                                      bool compute_param_grads);
 
 // Device checks that name the argument on the other device (called first by the CUDA impl).

@@ -63,7 +63,7 @@ struct DepthwiseForwardArgs {
   void* out = nullptr;
   DepthwiseGeometry geo;
   c10::ScalarType dtype = c10::ScalarType::Float;
-  Activation activation = Activation::kNone;
+  ActivationSpec activation;
   bool input_relu = false;
 };
 
@@ -78,15 +78,25 @@ struct DepthwiseBackwardArgs {
   void* workspace = nullptr;  // float partial sums of the CUDA weight-gradient programs (tiled::param_grad_workspace_floats)
   DepthwiseGeometry geo;
   c10::ScalarType dtype = c10::ScalarType::Float;
-  Activation activation = Activation::kNone;
+  // The activation whose output mask applies to grad_out: always one with grad_from_output (the host plan masks
+  // grad_out itself for the others and passes "none").
+  ActivationSpec activation;
   bool input_relu = false;
 };
+
+// act'(z) * grad_out at output offset o, from the saved output y (the activation's gradient follows from it: the
+// backward plan guarantees that); y is not read without an activation (it may then be absent).
+template <typename T>
+C10_HOST_DEVICE inline acc_t<T> masked_grad_out(const ActivationSpec& act, const T* gy, const T* y, int64_t o) {
+  const acc_t<T> g = static_cast<acc_t<T>>(gy[o]);
+  return act.kind == Activation::kNone ? g : activation_grad(act, g, static_cast<acc_t<T>>(y[o]));
+}
 
 template <bool INPUT_RELU, typename T>
 C10_HOST_DEVICE inline acc_t<T> load_input(const T* x, int64_t offset) {
   const acc_t<T> v = static_cast<acc_t<T>>(x[offset]);
   if constexpr (INPUT_RELU) {
-    return ElementMath<acc_t<T>>::relu(v);
+    return relu(v);
   } else {
     return v;
   }
@@ -113,9 +123,9 @@ C10_HOST_DEVICE inline acc_t<T> depthwise_sum(const T* x, const T* w, const Dept
 
 // d loss / d x at input (n, ic, ih, iw), gathered over the outputs that read it (no atomics, any order of
 // evaluation gives the same result): the transposed convolution of act'(grad_out), masked by the input ReLU.
-template <Activation A, bool INPUT_RELU, typename T>
-C10_HOST_DEVICE inline acc_t<T> depthwise_input_grad(const T* gy, const T* y, const T* x, const T* w,
-                                                     const DepthwiseGeometry& g, int64_t n, int64_t ic, int64_t ih,
+template <bool INPUT_RELU, typename T>
+C10_HOST_DEVICE inline acc_t<T> depthwise_input_grad(const ActivationSpec& act, const T* gy, const T* y, const T* x,
+                                                     const T* w, const DepthwiseGeometry& g, int64_t n, int64_t ic, int64_t ih,
                                                      int64_t iw) {
   using acc = acc_t<T>;
   if constexpr (INPUT_RELU) {
@@ -135,7 +145,7 @@ C10_HOST_DEVICE inline acc_t<T> depthwise_input_grad(const T* gy, const T* y, co
         const int64_t ow = tw / g.stride_w;
         if (ow >= g.out_w) continue;
         const int64_t o = g.out_offset(n, oc, oh, ow);
-        sum += activation_grad<A>(static_cast<acc>(gy[o]), static_cast<acc>(y[o])) *
+        sum += masked_grad_out(act, gy, y, o) *
                static_cast<acc>(w[(oc * g.kernel_h + kh) * g.kernel_w + kw]);
       }
     }
@@ -145,13 +155,13 @@ C10_HOST_DEVICE inline acc_t<T> depthwise_input_grad(const T* gy, const T* y, co
 
 // One term of the weight gradient of tap (kh, kw) of channel oc at output (n, oh, ow): g * x' (0 off the
 // input); tap == taps() stands for the bias (g alone).
-template <Activation A, bool INPUT_RELU, typename T>
-C10_HOST_DEVICE inline acc_t<T> depthwise_param_grad_term(const T* gy, const T* y, const T* x,
+template <bool INPUT_RELU, typename T>
+C10_HOST_DEVICE inline acc_t<T> depthwise_param_grad_term(const ActivationSpec& act, const T* gy, const T* y, const T* x,
                                                           const DepthwiseGeometry& g, int64_t n, int64_t oc,
                                                           int64_t tap, int64_t oh, int64_t ow) {
   using acc = acc_t<T>;
   const int64_t o = g.out_offset(n, oc, oh, ow);
-  const acc grad = activation_grad<A>(static_cast<acc>(gy[o]), static_cast<acc>(y[o]));
+  const acc grad = masked_grad_out(act, gy, y, o);
   if (tap == g.taps()) return grad;
   const int64_t kh = tap / g.kernel_w, kw = tap % g.kernel_w;
   const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dil_h;

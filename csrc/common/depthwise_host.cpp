@@ -1,11 +1,14 @@
 #include "common/depthwise_host.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <string>
 #include <vector>
 
+#include "common/activation_host.h"
 #include "common/checks.h"
+#include "common/epilogue_host.h"
 #include "common/depthwise_tiled.h"
 #include "common/layout.h"
 
@@ -115,20 +118,12 @@ DepthwiseGeometry make_geometry(const at::Tensor& x, const at::Tensor& weight, a
 
 }  // namespace
 
-Activation parse_activation(std::string_view name, const char* op, const char* arg) {
-  if (name == "none") return Activation::kNone;
-  if (name == "relu") return Activation::kReLU;
-  if (name == "relu6") return Activation::kReLU6;
-  FASTBLOCKS_CHECK_ARG(false, op, arg, "must be \"none\", \"relu\" or \"relu6\", got \"", std::string(name),
-                       "\"");
-  return Activation::kNone;
-}
-
 DepthwiseForwardPlan plan_depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
                                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                             at::IntArrayRef padding, at::IntArrayRef dilation,
-                                            std::string_view activation, bool input_relu, bool allocate_output) {
-  const Activation act = parse_activation(activation, kForward);
+                                            std::string_view activation, double negative_slope, bool input_relu,
+                                            bool allocate_output) {
+  const ActivationSpec act = parse_activation(activation, negative_slope, kForward);
   const DepthwiseGeometry g = make_geometry(x, weight, stride, padding, dilation, kForward);
   DepthwiseForwardPlan plan;
   plan.bias = channel_param(bias, "bias", x, "x", g.out_channels(), kForward);
@@ -152,38 +147,70 @@ void allocate_depthwise_forward_output(DepthwiseForwardPlan& plan) {
   plan.args.out = plan.out.mutable_data_ptr();
 }
 
-DepthwiseBackwardPlan plan_depthwise_backward(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x,
-                                              const at::Tensor& weight, at::IntArrayRef stride,
+DepthwiseBackwardPlan plan_depthwise_backward(const at::Tensor& grad_out, const std::optional<at::Tensor>& out,
+                                              const at::Tensor& x, const at::Tensor& weight,
+                                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                               at::IntArrayRef padding, at::IntArrayRef dilation,
-                                              std::string_view activation, bool input_relu,
+                                              std::string_view activation, double negative_slope, bool input_relu,
                                               std::array<bool, 3> output_mask, bool allocate_outputs) {
-  const Activation act = parse_activation(activation, kBackward);
+  const ActivationSpec act = parse_activation(activation, negative_slope, kBackward);
   const DepthwiseGeometry g = make_geometry(x, weight, stride, padding, dilation, kBackward);
   const std::vector<int64_t> out_sizes{g.batch, g.out_channels(), g.out_h, g.out_w};
-  check_same_dtype_device(out, "out", x, "x", kBackward);
   check_same_dtype_device(grad_out, "grad_out", x, "x", kBackward);
-  FASTBLOCKS_CHECK_ARG(out.sizes() == at::IntArrayRef(out_sizes), kBackward, "out", "must have shape ",
-                       shape_string(out_sizes), ", got ", shape_string(out.sizes()));
   FASTBLOCKS_CHECK_ARG(grad_out.sizes() == at::IntArrayRef(out_sizes), kBackward, "grad_out", "must have shape ",
                        shape_string(out_sizes), ", got ", shape_string(grad_out.sizes()));
   DepthwiseBackwardPlan plan;
+  plan.activation = act;
+  plan.needs_preactivation = !grad_from_output(act);
+  const bool reads_out = act.kind != Activation::kNone && !plan.needs_preactivation;
+  const bool has_out = out.has_value() && out->defined();
+  FASTBLOCKS_CHECK_ARG(has_out || !reads_out, kBackward, "out", "is required with activation \"",
+                       activation_name(act.kind), "\" (its gradient is read from the forward's output)");
   const ChannelOrder order = order_of(g);
+  if (reads_out) {
+    check_same_dtype_device(*out, "out", x, "x", kBackward);
+    FASTBLOCKS_CHECK_ARG(out->sizes() == at::IntArrayRef(out_sizes), kBackward, "out", "must have shape ",
+                         shape_string(out_sizes), ", got ", shape_string(out->sizes()));
+    plan.out = to_order(*out, order);
+  }
+  if (plan.needs_preactivation) plan.bias = channel_param(bias, "bias", x, "x", g.out_channels(), kBackward);
   plan.x = to_order(x, order);
-  plan.out = to_order(out, order);
   plan.grad_out = to_order(grad_out, order);
   plan.weight = weight.contiguous();
   plan.output_mask = output_mask;
   auto& a = plan.args;
   a.grad_out = plan.grad_out.const_data_ptr();
-  a.out = plan.out.const_data_ptr();
+  a.out = plan.out.defined() ? plan.out.const_data_ptr() : nullptr;
   a.x = plan.x.const_data_ptr();
   a.weight = plan.weight.const_data_ptr();
   a.geo = g;
   a.dtype = x.scalar_type();
-  a.activation = act;
+  a.activation = plan.needs_preactivation ? ActivationSpec{} : act;
   a.input_relu = input_relu;
   if (allocate_outputs) allocate_depthwise_backward_outputs(plan);
   return plan;
+}
+
+PreactivationPass plan_preactivation_pass(DepthwiseBackwardPlan& plan) {
+  TORCH_INTERNAL_ASSERT(plan.needs_preactivation, "plan_preactivation_pass: the activation's gradient follows from "
+                        "the output");
+  const DepthwiseGeometry& g = plan.args.geo;
+  const ChannelOrder order = order_of(g);
+  PreactivationPass pass;
+  pass.z = empty_in_order(plan.grad_out.sizes(), plan.grad_out.options(), order);
+  pass.masked_grad_out = empty_in_order(plan.grad_out.sizes(), plan.grad_out.options(), order);
+  auto& f = pass.forward;
+  f.x = plan.x.const_data_ptr();
+  f.weight = plan.weight.const_data_ptr();
+  f.bias = plan.bias.defined() ? plan.bias.const_data_ptr() : nullptr;
+  f.out = pass.z.mutable_data_ptr();
+  f.geo = g;
+  f.dtype = plan.args.dtype;
+  f.activation = ActivationSpec{};
+  f.input_relu = plan.args.input_relu;
+  pass.mask = activation_grad_args(plan.grad_out, pass.z, pass.masked_grad_out, order, plan.activation);
+  plan.args.grad_out = pass.masked_grad_out.const_data_ptr();
+  return pass;
 }
 
 void allocate_depthwise_backward_outputs(DepthwiseBackwardPlan& plan) {

@@ -1,12 +1,11 @@
 // The tiled depthwise-convolution programs of the CUDA backend, written as C10_HOST_DEVICE code so that the CPU can
 // run them too.
 //
-// A program is a block's work split into phases separated by block barriers: the CUDA kernel runs
-// `phase(k, block, thread, ...)` for every thread of a block with __syncthreads() between phases
-// (cuda/depthwise_kernel.cu); the emulator (cpu/depthwise_tiled_emulation.cpp, a test hook) runs the same phases
-// thread by thread on the CPU with NaN-filled, bounds-checked shared memory whose every access is tracked (a read of
-// an element no thread wrote, or one another thread wrote in the same phase, is an error), so the CPU tests check
-// the exact tiling, indexing and arithmetic the GPU runs (tests/test_depthwise_tiled.py).
+// A program is a block's work split into phases separated by block barriers (common/program.h): the CUDA kernel
+// (cuda/program.cuh) runs them with __syncthreads() between phases; the emulator (cpu/program_emulator.h, test
+// hooks in cpu/depthwise_tiled_emulation.cpp) runs the same phases thread by thread on the CPU with tracked shared
+// memory, so the CPU tests check the exact tiling, indexing and arithmetic the GPU runs
+// (tests/test_depthwise_tiled.py).
 //
 // Programs (float, half, bfloat16; float32 accumulation; the generic kernels keep float64 and the cases below):
 //   NchwForward     a block = `planes` (n, oc) planes x a tile of outputs; the input halo tile (input ReLU and zero
@@ -24,7 +23,9 @@
 //   ParamGradFinish adds each (channel, tap)'s partials in a fixed order. Deterministic always, and independent of
 //                   the device (the chunking depends on the shape only).
 // Kernel size and stride are compile-time for 3x3 and 5x5 with stride 1 or 2 and dilation 1 (otherwise all come
-// from the geometry at run time). y (the saved output) is read only when there is an activation to mask with.
+// from the geometry at run time). y (the saved output) is read only when there is an activation to mask with; the
+// backward programs see only activations whose gradient follows from the output (grad_from_output): the host plan
+// turns the others into "none" on an already masked grad_out (common/depthwise_host.cpp).
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -42,119 +43,21 @@
 #include <vector>
 
 #include "common/depthwise.h"
+#include "common/program.h"
 
 namespace fastblocks::tiled {
 
-constexpr int kBlockThreads = 256;
-constexpr int64_t kMaxSharedFloats = 48 * 1024 / 4;  // the default per-block limit, no opt-in needed
-
-// Host-only bookkeeping of the emulator: which thread wrote each shared element in the current phase, and whether
-// it was ever written in this block. A read of an element another thread wrote in the same phase (no barrier
-// between: a race on the GPU), two writers in one phase, or a read before any write is an error.
-struct SharedTracker {
-  std::vector<int> writer;
-  std::vector<char> written;
-  int thread = 0;
-  void begin_block(int64_t size) {
-    writer.assign(static_cast<size_t>(size), -1);
-    written.assign(static_cast<size_t>(size), 0);
-  }
-  void begin_phase() { std::fill(writer.begin(), writer.end(), -1); }
-  void on_store(int64_t i) {
-    TORCH_CHECK(writer[i] == -1 || writer[i] == thread, "tiled depthwise program: threads ", writer[i], " and ", thread,
-                " write shared element ", i, " in one phase");
-    writer[i] = thread;
-    written[i] = 1;
-  }
-  void on_load(int64_t i) const {
-    TORCH_CHECK(written[i], "tiled depthwise program: thread ", thread, " reads shared element ", i,
-                " that no thread wrote");
-    TORCH_CHECK(writer[i] == -1 || writer[i] == thread, "tiled depthwise program: thread ", thread,
-                " reads shared element ", i, " that thread ", writer[i], " wrote in the same phase (no barrier)");
-  }
-};
-
-// Shared memory as a program sees it: a plain pointer on the GPU; bounds-checked and tracked in the emulator.
-struct Shared {
-  float* data;
-  int64_t size;
-  SharedTracker* tracker;  // emulator only; null on the GPU
-  C10_HOST_DEVICE float load(int64_t i) const {
-#if !defined(__CUDA_ARCH__)
-    check(i);
-    if (tracker != nullptr) tracker->on_load(i);
-#endif
-    return data[i];
-  }
-  C10_HOST_DEVICE void store(int64_t i, float v) const {
-#if !defined(__CUDA_ARCH__)
-    check(i);
-    if (tracker != nullptr) tracker->on_store(i);
-#endif
-    data[i] = v;
-  }
-#if !defined(__CUDA_ARCH__)
-  void check(int64_t i) const {
-    TORCH_CHECK(i >= 0 && i < size, "tiled depthwise program: shared-memory index ", i, " outside [0, ", size, ")");
-  }
-#endif
-};
-
-struct NoState {};
-
-C10_HOST_DEVICE inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-C10_HOST_DEVICE inline int64_t ceil_div_signed(int64_t a, int64_t b) { return floor_div(a + b - 1, b); }
-C10_HOST_DEVICE inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-// a / b, in 32-bit arithmetic when both fit (a 64-bit division costs several times more instructions on the GPU).
-C10_HOST_DEVICE inline int64_t quotient(int64_t a, int64_t b) {
-  return ((a | b) >> 31) == 0 ? static_cast<int64_t>(static_cast<uint32_t>(a) / static_cast<uint32_t>(b)) : a / b;
-}
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int round_up(int a, int b) { return (a + b - 1) / b * b; }
-
-// VEC consecutive elements moved as one aligned load or store.
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) VecPack {
-  T v[VEC];
-};
-
-template <int VEC, typename T>
-C10_HOST_DEVICE inline void load_vec(const T* p, float (&out)[VEC]) {
-  VecPack<T, VEC> pack;
-#if defined(__CUDA_ARCH__)
-  pack = *reinterpret_cast<const VecPack<T, VEC>*>(p);
-#else
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % alignof(VecPack<T, VEC>) == 0, "tiled depthwise program: misaligned ",
-              sizeof(pack), "-byte load");
-  std::memcpy(&pack, p, sizeof(pack));
-#endif
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) out[k] = static_cast<float>(pack.v[k]);
-}
-
-template <int VEC, typename T>
-C10_HOST_DEVICE inline void store_vec(T* p, const float (&in)[VEC]) {
-  VecPack<T, VEC> pack;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) pack.v[k] = static_cast<T>(in[k]);
-#if defined(__CUDA_ARCH__)
-  *reinterpret_cast<VecPack<T, VEC>*>(p) = pack;
-#else
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % alignof(VecPack<T, VEC>) == 0, "tiled depthwise program: misaligned ",
-              sizeof(pack), "-byte store");
-  std::memcpy(p, &pack, sizeof(pack));
-#endif
-}
+// The program machinery (Shared, SharedTracker, VecPack, load_vec, ...) is common/program.h.
+using namespace ::fastblocks::program;
 
 // act'(grad) from the saved output; y is not read when there is no activation.
 template <typename T>
-C10_HOST_DEVICE inline float masked_grad(Activation act, const T* gy, const T* y, int64_t off) {
-  const float g = static_cast<float>(gy[off]);
-  return act == Activation::kNone ? g : activation_grad(act, g, static_cast<float>(y[off]));
+C10_HOST_DEVICE inline float masked_grad(const ActivationSpec& act, const T* gy, const T* y, int64_t off) {
+  return masked_grad_out(act, gy, y, off);
 }
 
 C10_HOST_DEVICE inline float input_value(float v, bool input_relu) {
-  return input_relu ? ElementMath<float>::relu(v) : v;
+  return input_relu ? relu(v) : v;
 }
 
 // Compile-time kernel size and stride (dilation 1); 0 = from the geometry.
@@ -288,7 +191,7 @@ struct NchwForward {
   const float* bias;  // [C * m] or null
   T* out;
   DepthwiseGeometry g;
-  Activation act;
+  ActivationSpec act;
   bool input_relu;
   PlaneTiling tiling;  // shared: the input tile of each plane
 
@@ -305,7 +208,7 @@ struct NchwForward {
   bool ok() const { return tiling.planes > 0; }
   int64_t blocks() const { return tiling.blocks(); }
   int threads() const { return tiling.threads(); }
-  C10_HOST_DEVICE int64_t shared_floats() const { return tiling.shared_floats(); }
+  C10_HOST_DEVICE int64_t shared_elems() const { return tiling.shared_floats(); }
   std::string name() const { return std::string("nchw_forward<") + dtype_name<T>() + "," + shape_name<S>(g) + ">"; }
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int threads, Shared s, State&) const {
@@ -446,7 +349,7 @@ struct NhwcForward {
   const float* bias;
   T* out;
   DepthwiseGeometry g;
-  Activation act;
+  ActivationSpec act;
   bool input_relu;
   ChannelGroups cg;  // items: strips of kCols outputs of the output rows
 
@@ -459,7 +362,7 @@ struct NhwcForward {
   bool ok() const { return cg.ok(); }
   int64_t blocks() const { return cg.blocks(); }
   int threads() const { return cg.threads(); }
-  C10_HOST_DEVICE int64_t shared_floats() const { return cg.shared_floats(); }
+  C10_HOST_DEVICE int64_t shared_elems() const { return cg.shared_floats(); }
   std::string name() const {
     return std::string("nhwc_forward<") + dtype_name<T>() + ",vec" + std::to_string(VEC) + "," + shape_name<S>(g) + ">";
   }
@@ -538,7 +441,7 @@ struct NchwInputGrad {
   const T* w;
   T* gi;
   DepthwiseGeometry g;
-  Activation act;
+  ActivationSpec act;
   bool input_relu;
   PlaneTiling tiling;  // shared: the grad_out tile of each of the m output planes of each input plane
 
@@ -559,7 +462,7 @@ struct NchwInputGrad {
   bool ok() const { return tiling.planes > 0; }
   int64_t blocks() const { return tiling.blocks(); }
   int threads() const { return tiling.threads(); }
-  C10_HOST_DEVICE int64_t shared_floats() const { return tiling.shared_floats(); }
+  C10_HOST_DEVICE int64_t shared_elems() const { return tiling.shared_floats(); }
   std::string name() const {
     return std::string("nchw_input_grad<") + dtype_name<T>() + "," + shape_name<S>(g) + ">";
   }
@@ -572,7 +475,7 @@ struct NchwInputGrad {
     const int64_t ow_lo = ceil_div_signed(o.col0 + g.pad_w - (t.kw() - 1) * t.dw(), t.sw());
     const int out_tile_w = tiling.shared_w, tile_floats = tiling.shared_h * out_tile_w;
     if (k == 0) {  // stage act'(grad_out) of the m output planes of each input plane
-      const int total = static_cast<int>(shared_floats());  // <= kMaxSharedFloats
+      const int total = static_cast<int>(shared_elems());  // <= kMaxSharedFloats
       for (int i = thread; i < total; i += threads) {
         const int pj = i / tile_floats;  // plane * m + j
         const int r = (i - pj * tile_floats) / out_tile_w;
@@ -640,7 +543,7 @@ struct NhwcInputGrad {
   const T* w;
   T* gi;
   DepthwiseGeometry g;
-  Activation act;
+  ActivationSpec act;
   bool input_relu;
   ChannelGroups cg;  // items: strips of kCols pixels of the input rows
 
@@ -653,7 +556,7 @@ struct NhwcInputGrad {
   bool ok() const { return cg.ok(); }
   int64_t blocks() const { return cg.blocks(); }
   int threads() const { return cg.threads(); }
-  C10_HOST_DEVICE int64_t shared_floats() const { return cg.shared_floats(); }
+  C10_HOST_DEVICE int64_t shared_elems() const { return cg.shared_floats(); }
   std::string name() const {
     return std::string("nhwc_input_grad<") + dtype_name<T>() + ",vec" + std::to_string(VEC) + "," +
            shape_name<S>(g) + ">";
@@ -662,7 +565,7 @@ struct NhwcInputGrad {
   // act'(grad_out) at output (n, oh, ow), channels c0 .. c0 + VEC - 1.
   C10_HOST_DEVICE void masked_vec(int64_t off, float (&out)[VEC]) const {
     load_vec<VEC>(gy + off, out);
-    if (act != Activation::kNone) {
+    if (act.kind != Activation::kNone) {
       float yv[VEC];
       load_vec<VEC>(y + off, yv);
 #pragma unroll
@@ -808,7 +711,7 @@ struct ParamGradIO {
   const T* x;
   float* partial;
   DepthwiseGeometry g;
-  Activation act;
+  ActivationSpec act;
   bool input_relu;
   static ParamGradIO of(const DepthwiseBackwardArgs& a) {
     return {static_cast<const T*>(a.grad_out), static_cast<const T*>(a.out), static_cast<const T*>(a.x),
@@ -832,7 +735,7 @@ struct NchwParamGrad {
   bool ok() const { return true; }
   int64_t blocks() const { return chunking.chunks * io.g.out_channels(); }
   int threads() const { return kBlockThreads; }
-  C10_HOST_DEVICE int64_t shared_floats() const { return kTaps * (kBlockThreads + kLanes); }
+  C10_HOST_DEVICE int64_t shared_elems() const { return kTaps * (kBlockThreads + kLanes); }
   std::string name() const {
     return std::string("nchw_param_grad<") + dtype_name<T>() + "," + std::to_string(KH) + "x" + std::to_string(KW) +
            ">";
@@ -889,7 +792,7 @@ struct NhwcParamGrad {
   bool ok() const { return true; }
   int64_t blocks() const { return chunking.chunks * ceil_div(io.g.out_channels(), kLanes); }
   int threads() const { return kBlockThreads; }
-  C10_HOST_DEVICE int64_t shared_floats() const { return kTaps * kBlockThreads; }
+  C10_HOST_DEVICE int64_t shared_elems() const { return kTaps * kBlockThreads; }
   std::string name() const {
     return std::string("nhwc_param_grad<") + dtype_name<T>() + "," + std::to_string(KH) + "x" + std::to_string(KW) +
            ">";
@@ -941,7 +844,7 @@ struct ParamGradFinish {
   bool ok() const { return true; }
   int64_t blocks() const { return ceil_div(out_channels * (taps + 1), kItems); }
   int threads() const { return kBlockThreads; }
-  C10_HOST_DEVICE int64_t shared_floats() const { return kBlockThreads; }
+  C10_HOST_DEVICE int64_t shared_elems() const { return kBlockThreads; }
   std::string name() const { return "param_grad_finish"; }
 
   C10_HOST_DEVICE void phase(int k, int64_t block, int thread, int, Shared s, State&) const {
@@ -1015,12 +918,6 @@ bool with_nchw_program(const Args& a, F&& f) {
     }
   });
   return launched;
-}
-
-inline bool aligned16(std::initializer_list<const void*> ptrs) {
-  bool ok = true;
-  for (const void* p : ptrs) ok = ok && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
-  return ok;
 }
 
 template <typename F>

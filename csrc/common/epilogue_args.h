@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "common/activation.h"
 #include "common/channel_view.h"
 
 namespace fastblocks {
@@ -25,7 +26,7 @@ struct BranchTable {
 };
 
 // out = act(x * scale[c] + bias[c] + residual), all four tensors in the output's layout.
-struct AddReluForwardArgs {
+struct AddActForwardArgs {
   const void* x = nullptr;
   const void* residual = nullptr;
   void* out = nullptr;
@@ -33,7 +34,7 @@ struct AddReluForwardArgs {
   const void* bias = nullptr;   // null: 0
   ChannelView view;
   c10::ScalarType dtype = c10::ScalarType::Float;
-  bool relu = true;
+  ActivationSpec act;
 };
 
 // out = act(cat(inputs, 1) * scale[c] + bias[c]); view describes out.
@@ -44,29 +45,34 @@ struct BranchConcatForwardArgs {
   const void* bias = nullptr;   // null: 0
   ChannelView view;
   c10::ScalarType dtype = c10::ScalarType::Float;
-  bool relu = true;
+  ActivationSpec act;
 };
 
-// The backward of an epilogue y = act(x * scale[c] + bias[c] (+ residual)), from grad_out and the saved
-// output y (its sign is the ReLU mask), with g = act'(grad_out):
+// The backward of an epilogue y = act(z), z = x * scale[c] + bias[c] (+ residual). The pre-activation z is
+// recomputed from the forward's inputs with the forward's arithmetic (no saved output: an output handed to the
+// model may be changed in place by what follows), and g = act'(z) * grad_out:
 //   grad_residual = g            (output layout; null: not written)
 //   grad_x        = g * scale    (per branch of x; scale null means 1; count 0: not written)
 //   grad_bias[c]  = sum g        (null: not wanted)
 //   grad_scale[c] = sum g * x    (reads x; null: not wanted)
+// x (and residual, for add_act) are read when the activation is not "none" (for z) or for grad_scale.
 struct EpilogueBackwardArgs {
   const void* grad_out = nullptr;
-  const void* out = nullptr;
-  const void* scale = nullptr;
-  BranchTable x;       // read only for grad_scale
-  BranchTable grad_x;  // same branches as x when both are present
+  const void* scale = nullptr;     // null: 1
+  const void* bias = nullptr;      // null: 0
+  BranchTable x;                   // count 0: not given (activation "none" without grad_scale)
+  const void* residual = nullptr;  // add_act's second input, read with x
+  BranchTable grad_x;              // same branches as x when both are present
   void* grad_residual = nullptr;
   void* grad_scale = nullptr;
   void* grad_bias = nullptr;
   ChannelView view;
   c10::ScalarType dtype = c10::ScalarType::Float;
-  bool relu = true;
+  ActivationSpec act;
 
   bool reduces() const { return grad_scale != nullptr || grad_bias != nullptr; }
+  // z is needed: every activation but "none".
+  bool needs_preactivation() const { return act.kind != Activation::kNone; }
   // The branch layout (of grad_x, else x; one branch over all channels when neither is present).
   BranchTable layout() const {
     if (grad_x.count > 0) return grad_x;

@@ -1,7 +1,8 @@
 // CPU impl of fastblocks::branch_concat and fastblocks::branch_concat_backward (schemas in csrc/fastblocks.cpp).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -12,8 +13,10 @@ namespace fastblocks {
 namespace {
 
 at::Tensor branch_concat_cpu(at::TensorList inputs, const std::optional<at::Tensor>& scale,
-                             const std::optional<at::Tensor>& bias, bool relu) {
-  auto plan = plan_branch_concat_forward(inputs, scale, bias, relu);
+                             const std::optional<at::Tensor>& bias, c10::string_view activation,
+                             double negative_slope) {
+  auto plan = plan_branch_concat_forward(inputs, scale, bias, std::string_view(activation.data(), activation.size()),
+                                         negative_slope);
   if (plan.out.numel() > 0) {
     FASTBLOCKS_CPU_KERNEL(branch_concat_forward, plan.args);
   }
@@ -21,10 +24,13 @@ at::Tensor branch_concat_cpu(at::TensorList inputs, const std::optional<at::Tens
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> branch_concat_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& out, at::IntArrayRef channels, at::TensorList inputs,
-    const std::optional<at::Tensor>& scale, bool relu, bool compute_param_grads) {
-  auto plan = plan_branch_concat_backward(grad_out, out, channels, inputs, scale, relu, compute_param_grads);
-  if (plan.out.numel() > 0) {
+    const at::Tensor& grad_out, at::IntArrayRef channels, at::TensorList inputs,
+    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias, c10::string_view activation,
+    double negative_slope, bool compute_param_grads) {
+  auto plan = plan_branch_concat_backward(grad_out, channels, inputs, scale, bias,
+                                          std::string_view(activation.data(), activation.size()), negative_slope,
+                                          compute_param_grads);
+  if (plan.grad_out.numel() > 0) {
     FASTBLOCKS_CPU_KERNEL(epilogue_backward, plan.args);
   }
   return {plan.grad_inputs, plan.grad_scale, plan.grad_bias};

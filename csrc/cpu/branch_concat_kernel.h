@@ -2,14 +2,11 @@
 // input written straight into its channel range of the output (backward: cpu/epilogue_kernel.h).
 #pragma once
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "common/epilogue_args.h"
-#include "common/switch.h"
 #include "cpu/epilogue_kernel.h"
 
 namespace fastblocks::cpu {
@@ -18,28 +15,27 @@ namespace branch_concat_detail {
 
 using epilogue_detail::forward_run;
 
-template <typename scalar_t, Activation A>
+template <typename scalar_t, typename Act>
 void forward_typed(const BranchConcatForwardArgs& a) {
   using acc = acc_t<scalar_t>;
   auto* out = static_cast<scalar_t*>(a.out);
   const auto* scale = static_cast<const acc*>(a.scale);
   const auto* bias = static_cast<const acc*>(a.bias);
+  const acc slope = static_cast<acc>(a.act.negative_slope);
   const ChannelView& v = a.view;
   const int64_t C = v.channels;
   const BranchTable& in = a.inputs;
   const int64_t* begin = in.channel_begin;
 
   if (v.run == 1) {  // rows: row r of the output is the rows r of the inputs, side by side
-    std::vector<acc> ones, zeros;
-    if (scale == nullptr) scale = (ones.assign(C, acc(1)), ones.data());
-    if (bias == nullptr) bias = (zeros.assign(C, acc(0)), zeros.data());
+    const epilogue_detail::ChannelParams<acc> params(scale, bias, C);
     at::parallel_for(0, v.numel / C, std::max<int64_t>(1, kGrainElements / C), [&](int64_t lo, int64_t hi) {
       for (int64_t row = lo; row < hi; ++row) {
         for (int i = 0; i < in.count; ++i) {
           const int64_t ci = begin[i + 1] - begin[i];
           const auto* xi = static_cast<const scalar_t*>(in.data[i]) + row * ci;
-          forward_run<scalar_t, A, true, false>(xi, nullptr, out + row * C + begin[i], ci, scale + begin[i],
-                                                bias + begin[i], 1, 0);
+          forward_run<scalar_t, Act, true, false>(xi, nullptr, out + row * C + begin[i], ci, params.scale + begin[i],
+                                                  params.bias + begin[i], 1, 0, slope);
         }
       }
     });
@@ -53,8 +49,8 @@ void forward_typed(const BranchConcatForwardArgs& a) {
       const int i = branch_of(in, c);
       const int64_t ci = begin[i + 1] - begin[i];
       const auto* xi = static_cast<const scalar_t*>(in.data[i]) + (n * ci + (c - begin[i])) * run;
-      forward_run<scalar_t, A, false, false>(xi, nullptr, out + plane * run, run, nullptr, nullptr,
-                                             scale ? scale[c] : acc(1), bias ? bias[c] : acc(0));
+      forward_run<scalar_t, Act, false, false>(xi, nullptr, out + plane * run, run, nullptr, nullptr,
+                                               scale ? scale[c] : acc(1), bias ? bias[c] : acc(0), slope);
     }
   });
 }
@@ -62,10 +58,9 @@ void forward_typed(const BranchConcatForwardArgs& a) {
 }  // namespace branch_concat_detail
 
 void branch_concat_forward(const BranchConcatForwardArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "branch_concat_forward_cpu", [&] {
-    FASTBLOCKS_BOOL_SWITCH(a.relu, RELU, [&] {
-      branch_concat_detail::forward_typed<scalar_t, RELU ? Activation::kReLU : Activation::kNone>(a);
-    });
+  epilogue_detail::dispatch_epilogue_dtype(a.dtype, "fastblocks::branch_concat", [&](auto zero) {
+    visit_activation(a.act.kind,
+                     [&](auto act) { branch_concat_detail::forward_typed<decltype(zero), decltype(act)>(a); });
   });
 }
 

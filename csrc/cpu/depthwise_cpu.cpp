@@ -17,7 +17,9 @@
 #include <string>
 #include <tuple>
 
+#include "common/activation_host.h"
 #include "common/checks.h"
+#include "common/epilogue_host.h"
 #include "common/depthwise_host.h"
 #include "common/layout.h"
 #include "cpu/depthwise_backend.h"
@@ -49,23 +51,38 @@ at::Tensor in_promised_layout(const at::Tensor& t, const DepthwiseGeometry& g) {
   return empty_in_order(t.sizes(), t.options(), order_of(g)).copy_(t);
 }
 
+// y = act(y) in place, with this project's epilogue kernel (any activation of the table).
+void activate_in_place(at::Tensor& y, const DepthwiseGeometry& g, const ActivationSpec& act) {
+  if (act.kind == Activation::kNone || y.numel() == 0) return;
+  FASTBLOCKS_CPU_KERNEL(branch_concat_forward, activation_inplace_args(y, order_of(g), act));
+}
+
+// act'(v) * grad_out (v: the pre-activation, or the output where the activation's gradient follows from it).
+at::Tensor activation_grad(const at::Tensor& grad_out, const at::Tensor& v, const DepthwiseGeometry& g,
+                           const ActivationSpec& act) {
+  at::Tensor grad = empty_in_order(grad_out.sizes(), grad_out.options(), order_of(g));
+  if (grad.numel() > 0) FASTBLOCKS_CPU_KERNEL(epilogue_backward, activation_grad_args(grad_out, v, grad, order_of(g), act));
+  return grad;
+}
+
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                c10::string_view activation, bool input_relu) {
+                                c10::string_view activation, bool input_relu, double negative_slope) {
   // Outputs are allocated only for the path that runs: an unused large allocation next to ATen's made the
   // routed backward 4x slower here (the allocator gave the pages back and faulted them in again every call).
   auto plan = plan_depthwise_forward(x, weight, bias, stride, padding, dilation,
-                                     std::string_view(activation.data(), activation.size()), input_relu,
-                                     /*allocate_output=*/false);
+                                     std::string_view(activation.data(), activation.size()), negative_slope,
+                                     input_relu, /*allocate_output=*/false);
   const auto& a = plan.args;
   const DepthwiseGeometry& g = a.geo;
   if (g.batch * g.out_channels() * g.out_h * g.out_w > 0 && onednn_faster(g, a.dtype, kOneDnnForwardMaxPlane)) {
-    at::Tensor y = at::conv2d(input_relu ? at::relu(plan.x) : plan.x, plan.weight,
-                              plan.bias.defined() ? std::optional<at::Tensor>(plan.bias) : std::nullopt, stride,
-                              padding, dilation, g.channels);
-    if (a.activation == Activation::kReLU) y.relu_();
-    if (a.activation == Activation::kReLU6) y.clamp_(0, 6);
-    return in_promised_layout(y, g);
+    at::Tensor y = in_promised_layout(
+        at::conv2d(input_relu ? at::relu(plan.x) : plan.x, plan.weight,
+                   plan.bias.defined() ? std::optional<at::Tensor>(plan.bias) : std::nullopt, stride, padding,
+                   dilation, g.channels),
+        g);
+    activate_in_place(y, g, a.activation);
+    return y;
   }
   allocate_depthwise_forward_output(plan);
   if (plan.out.numel() > 0) FASTBLOCKS_CPU_KERNEL(depthwise_forward, plan.args);
@@ -73,32 +90,48 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, c
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view activation,
-    bool input_relu, std::array<bool, 3> output_mask) {
-  auto plan = plan_depthwise_backward(grad_out, out, x, weight, stride, padding, dilation,
-                                      std::string_view(activation.data(), activation.size()), input_relu,
-                                      output_mask, /*allocate_outputs=*/false);
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& out, const at::Tensor& x, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    c10::string_view activation, double negative_slope, bool input_relu, std::array<bool, 3> output_mask) {
+  auto plan = plan_depthwise_backward(grad_out, out, x, weight, bias, stride, padding, dilation,
+                                      std::string_view(activation.data(), activation.size()), negative_slope,
+                                      input_relu, output_mask, /*allocate_outputs=*/false);
   const auto& a = plan.args;
-  if (out.numel() > 0 && onednn_faster(a.geo, a.dtype, kOneDnnBackwardMaxPlane)) {
-    at::Tensor g = plan.grad_out;
-    if (a.activation == Activation::kReLU) g = at::threshold_backward(g, plan.out, 0);
-    if (a.activation == Activation::kReLU6) g = at::hardtanh_backward(g, plan.out, 0, 6);
-    const int64_t out_channels = a.geo.out_channels();
+  const DepthwiseGeometry& g = a.geo;
+  const bool nonempty = plan.grad_out.numel() > 0;
+  if (nonempty && onednn_faster(g, a.dtype, kOneDnnBackwardMaxPlane)) {
+    const at::Tensor xr = input_relu ? at::relu(plan.x) : plan.x;
+    at::Tensor gz = plan.grad_out;
+    if (plan.needs_preactivation) {  // z recomputed with oneDNN's convolution, as the forward ran it
+      const at::Tensor z = in_promised_layout(
+          at::conv2d(xr, plan.weight, plan.bias.defined() ? std::optional<at::Tensor>(plan.bias) : std::nullopt,
+                     stride, padding, dilation, g.channels),
+          g);
+      gz = activation_grad(plan.grad_out, z, g, plan.activation);
+    } else if (plan.activation.kind != Activation::kNone) {
+      gz = activation_grad(plan.grad_out, plan.out, g, plan.activation);
+    }
+    const int64_t out_channels = g.out_channels();
     auto [gi, gw, gb] = at::convolution_backward(
-        g, input_relu ? at::relu(plan.x) : plan.x, plan.weight,
+        gz, xr, plan.weight,
         output_mask[2] ? at::OptionalIntArrayRef(at::IntArrayRef(&out_channels, 1)) : std::nullopt, stride, padding,
-        dilation, /*transposed=*/false, /*output_padding=*/{0, 0}, a.geo.channels, output_mask);
+        dilation, /*transposed=*/false, /*output_padding=*/{0, 0}, g.channels, output_mask);
     if (output_mask[0]) {
       if (input_relu) gi = at::threshold_backward(gi, plan.x, 0);
-      gi = in_promised_layout(gi, a.geo);
+      gi = in_promised_layout(gi, g);
     }
     const auto none = [&](const at::TensorOptions& o) { return at::empty({0}, o); };
     return {output_mask[0] ? gi : none(x.options()), output_mask[1] ? gw.contiguous() : none(weight.options()),
             output_mask[2] ? gb : none(x.options())};
   }
   allocate_depthwise_backward_outputs(plan);
-  if (out.numel() > 0) {
+  if (nonempty) {
+    PreactivationPass pass;
+    if (plan.needs_preactivation) {
+      pass = plan_preactivation_pass(plan);
+      FASTBLOCKS_CPU_KERNEL(depthwise_forward, pass.forward);
+      FASTBLOCKS_CPU_KERNEL(epilogue_backward, pass.mask);
+    }
     FASTBLOCKS_CPU_KERNEL(depthwise_backward, plan.args);
   }
   finish_depthwise_backward(plan);

@@ -40,22 +40,8 @@ inline void store_lanes(T* p, const Vec& v, int64_t n) {
   }
 }
 
-// The activation and its gradient, chosen at run time (a predictable branch per vector or element): templating
-// them too would multiply the instantiations of these kernels by six.
-inline Vec activate_rt(const Vec& v, Activation act) {
-  switch (act) {
-    case Activation::kReLU: return activate<Activation::kReLU>(v);
-    case Activation::kReLU6: return activate<Activation::kReLU6>(v);
-    default: return v;
-  }
-}
-inline float activation_grad_rt(float grad, float out, Activation act) {
-  switch (act) {
-    case Activation::kReLU: return activation_grad<Activation::kReLU>(grad, out);
-    case Activation::kReLU6: return activation_grad<Activation::kReLU6>(grad, out);
-    default: return grad;
-  }
-}
+// The activation (common/activation.h) is chosen at run time, a predictable branch per vector or element:
+// templating it too would multiply the instantiations of these kernels by the table's size.
 inline float relu_rt(float v, bool relu) { return relu && !(v > 0.f || v != v) ? 0.f : v; }
 
 // Lanes p[0], p[s], p[2s], ... of a float row.
@@ -206,7 +192,7 @@ void forward_nchw(const DepthwiseForwardArgs& a) {
         T* op = out + (n * g.out_channels() + oc) * out_plane;
         correlate_plane<KH, KW, SW>(xs.data.data(), ld, taps, g.stride_h, g.stride_w, g.dil_h, g.dil_w, wf.data(),
                                     g.out_h, g.out_w, [&](int64_t oh, int64_t ow0, const Vec& acc) {
-                                      store_lanes(op + oh * g.out_w + ow0, activate_rt(acc + b, a.activation),
+                                      store_lanes(op + oh * g.out_w + ow0, activate(a.activation, acc + b),
                                                   std::min(kL, g.out_w - ow0));
                                     });
       }
@@ -267,7 +253,7 @@ void backward_nchw(const DepthwiseBackwardArgs& a) {
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
             for (int64_t ow = 0; ow < g.out_w; ++ow) {
               const int64_t o = oplane + oh * g.out_w + ow;
-              gbuf[oh * gld + ow] = activation_grad_rt(static_cast<float>(io.gy[o]), static_cast<float>(io.y[o]), a.activation);
+              gbuf[oh * gld + ow] = static_cast<float>(masked_grad_out(a.activation, io.gy, io.y, o));
             }
           }
           if (io.param_grads()) {
@@ -351,7 +337,7 @@ struct BlockScratch {
         if constexpr (std::is_same_v<T, float>) {
           if (cnt == kL) {
             Vec v = Vec::loadu(s);
-            if (relu) v = ElementMath<Vec>::relu(v);
+            if (relu) v = fastblocks::relu(v);
             v.store(d);
             continue;
           }
@@ -453,7 +439,7 @@ void forward_nhwc(const DepthwiseForwardArgs& a) {
           if constexpr (std::is_same_v<T, float>) {
             for (; c + kL <= C; c += kL) {
               Vec v = Vec::loadu(s + c);
-              if (a.input_relu) v = ElementMath<Vec>::relu(v);
+              if (a.input_relu) v = relu(v);
               v.store(d + (c / kL) * block_ld);
             }
           }
@@ -467,7 +453,7 @@ void forward_nhwc(const DepthwiseForwardArgs& a) {
           const int64_t c0 = b * kL, cnt = std::min(kL, C - c0);
           correlate_row_nhwc<KH, KW, SW>(base + b * block_ld, row_ld, taps, g.stride_w, g.dil_h, g.dil_w,
                                          wv.data() + b * T_, bv[b], g.out_w, [&](int64_t ow, const Vec& acc) {
-                                           store_lanes(orow + ow * C + c0, activate_rt(acc, a.activation), cnt);
+                                           store_lanes(orow + ow * C + c0, activate(a.activation, acc), cnt);
                                          });
         }
       }
@@ -501,7 +487,7 @@ void backward_nhwc(const DepthwiseBackwardArgs& a) {
           float* d = gb.data.data() + p * kL;
           for (int64_t l = 0; l < cnt; ++l) {
             const int64_t o = ooff + p * C + l;
-            d[l] = activation_grad_rt(static_cast<float>(io.gy[o]), static_cast<float>(io.y[o]), a.activation);
+            d[l] = static_cast<float>(masked_grad_out(a.activation, io.gy, io.y, o));
           }
         }
         const T* img = io.x + n * g.in_h * g.in_w * C;

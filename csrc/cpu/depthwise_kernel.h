@@ -31,7 +31,7 @@ inline bool has_fast_path(c10::ScalarType dtype, const DepthwiseGeometry& g) {
   return dtype != at::kDouble && (!g.channels_last || g.multiplier == 1) && scratch_fits;
 }
 
-template <typename T, Activation A, bool INPUT_RELU>
+template <typename T, bool INPUT_RELU>
 void forward_generic(const DepthwiseForwardArgs& a) {
   using acc = acc_t<T>;
   const DepthwiseGeometry& g = a.geo;
@@ -45,17 +45,17 @@ void forward_generic(const DepthwiseForwardArgs& a) {
     for (int64_t i = lo; i < hi; ++i) {
       const Nchw p = unflatten(i, oc, g.out_h, g.out_w, g.channels_last);
       const acc sum = depthwise_sum<INPUT_RELU>(x, w, g, p.n, p.c, p.h, p.w);
-      out[i] = static_cast<T>(activate<A>(sum + (bias ? bias[p.c] : acc(0))));
+      out[i] = static_cast<T>(activate(a.activation, sum + (bias ? bias[p.c] : acc(0))));
     }
   });
 }
 
-template <typename T, Activation A, bool INPUT_RELU>
+template <typename T, bool INPUT_RELU>
 void forward_typed(const DepthwiseForwardArgs& a) {
-  forward_generic<T, A, INPUT_RELU>(a);
+  forward_generic<T, INPUT_RELU>(a);
 }
 
-template <typename T, Activation A, bool INPUT_RELU>
+template <typename T, bool INPUT_RELU>
 void backward_typed(const DepthwiseBackwardArgs& a) {
   using acc = acc_t<T>;
   const DepthwiseGeometry& g = a.geo;
@@ -69,7 +69,7 @@ void backward_typed(const DepthwiseBackwardArgs& a) {
     at::parallel_for(0, numel, std::max<int64_t>(1, 32768 / (g.taps() * g.multiplier)), [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const Nchw p = unflatten(i, g.channels, g.in_h, g.in_w, g.channels_last);
-        gi[i] = static_cast<T>(depthwise_input_grad<A, INPUT_RELU>(gy, y, x, w, g, p.n, p.c, p.h, p.w));
+        gi[i] = static_cast<T>(depthwise_input_grad<INPUT_RELU>(a.activation, gy, y, x, w, g, p.n, p.c, p.h, p.w));
       }
     });
   }
@@ -84,7 +84,7 @@ void backward_typed(const DepthwiseBackwardArgs& a) {
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
             for (int64_t ow = 0; ow < g.out_w; ++ow) {
-              sum += depthwise_param_grad_term<A, INPUT_RELU>(gy, y, x, g, n, oc, tap, oh, ow);
+              sum += depthwise_param_grad_term<INPUT_RELU>(a.activation, gy, y, x, g, n, oc, tap, oh, ow);
             }
           }
         }
@@ -108,9 +108,7 @@ void depthwise_forward(const DepthwiseForwardArgs& a) {
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "depthwise_forward_cpu", [&] {
-    FASTBLOCKS_ACTIVATION_SWITCH(a.activation, A, [&] {
-      FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] { depthwise_detail::forward_typed<scalar_t, A, INPUT_RELU>(a); });
-    });
+    FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] { depthwise_detail::forward_typed<scalar_t, INPUT_RELU>(a); });
   });
 }
 
@@ -122,9 +120,7 @@ void depthwise_backward(const DepthwiseBackwardArgs& a) {
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "depthwise_backward_cpu", [&] {
-    FASTBLOCKS_ACTIVATION_SWITCH(a.activation, A, [&] {
-      FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] { depthwise_detail::backward_typed<scalar_t, A, INPUT_RELU>(a); });
-    });
+    FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] { depthwise_detail::backward_typed<scalar_t, INPUT_RELU>(a); });
   });
 }
 

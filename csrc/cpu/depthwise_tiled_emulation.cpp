@@ -3,49 +3,21 @@
 // barrier is the end of a phase.
 #include "cpu/depthwise_tiled_emulation.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <limits>
 
+#include "common/activation_host.h"
 #include "common/checks.h"
 #include "common/depthwise_host.h"
 #include "common/depthwise_tiled.h"
+#include "cpu/program_emulator.h"
 
 namespace fastblocks {
 namespace {
 
 constexpr const char* kOp = "_emulate_tiled_depthwise";
-
-// Blocks one after another; within a phase, threads one after another (in reverse order on odd blocks); a block
-// barrier is the end of a phase. Shared memory starts NaN-filled for every block, and the tracker rejects reads of
-// unwritten elements and reads or writes that would race on the GPU.
-template <class P>
-void emulate(const P& program, std::vector<std::string>& names) {
-  names.push_back(program.name());
-  const int threads = program.threads();
-  TORCH_CHECK(threads > 0 && threads <= tiled::kBlockThreads && threads % 32 == 0, program.name(),
-              ": block of ", threads, " threads");
-  const int64_t shared = program.shared_floats();
-  TORCH_CHECK(shared <= tiled::kMaxSharedFloats, program.name(), ": ", shared, " floats of shared memory");
-  std::vector<float> smem(static_cast<size_t>(std::max<int64_t>(shared, 1)));
-  std::vector<typename P::State> states(static_cast<size_t>(threads));
-  tiled::SharedTracker tracker;
-  const tiled::Shared view{smem.data(), shared, &tracker};
-  for (int64_t b = 0; b < program.blocks(); ++b) {
-    std::fill(smem.begin(), smem.end(), std::numeric_limits<float>::quiet_NaN());
-    std::fill(states.begin(), states.end(), typename P::State{});
-    tracker.begin_block(shared);
-    for (int k = 0; k < P::kPhases; ++k) {
-      tracker.begin_phase();
-      for (int i = 0; i < threads; ++i) {
-        const int t = b % 2 == 0 ? i : threads - 1 - i;
-        tracker.thread = t;
-        program.phase(k, b, t, threads, view, states[t]);
-      }
-    }
-  }
-}
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -57,13 +29,14 @@ void check_cpu(const at::Tensor& t, const char* name) {
 
 std::tuple<at::Tensor, std::vector<std::string>> emulate_tiled_depthwise_forward(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, std::vector<int64_t> stride,
-    std::vector<int64_t> padding, std::vector<int64_t> dilation, const std::string& activation, bool input_relu) {
+    std::vector<int64_t> padding, std::vector<int64_t> dilation, const std::string& activation, bool input_relu,
+    double negative_slope) {
   check_cpu(x, "x");
-  auto plan = plan_depthwise_forward(x, weight, bias, stride, padding, dilation, activation, input_relu);
+  auto plan = plan_depthwise_forward(x, weight, bias, stride, padding, dilation, activation, negative_slope, input_relu);
   plan.out.fill_(kNaN);  // every output the programs leave unwritten shows
   std::vector<std::string> names;
   if (plan.out.numel() == 0) return {plan.out, names};
-  if (!tiled::with_forward_program(plan.args, [&](const auto& p) { emulate(p, names); })) {
+  if (!tiled::with_forward_program(plan.args, [&](const auto& p) { emulate_program(p, names); })) {
     return {at::Tensor(), {"generic"}};
   }
   return {plan.out, names};
@@ -72,10 +45,13 @@ std::tuple<at::Tensor, std::vector<std::string>> emulate_tiled_depthwise_forward
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<std::string>> emulate_tiled_depthwise_backward(
     const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
     std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
-    const std::string& activation, bool input_relu, std::array<bool, 3> output_mask) {
+    const std::string& activation, bool input_relu, std::array<bool, 3> output_mask, double negative_slope) {
   check_cpu(x, "x");
-  auto plan = plan_depthwise_backward(grad_out, out, x, weight, stride, padding, dilation, activation, input_relu,
-                                      output_mask);
+  TORCH_CHECK(grad_from_output(parse_activation(activation, negative_slope, kOp)),
+              "_emulate_tiled_depthwise_backward: the backward programs take activations whose gradient follows from "
+              "the output; for the others the host masks grad_out first (test that through the op)");
+  auto plan = plan_depthwise_backward(grad_out, out, x, weight, std::nullopt, stride, padding, dilation, activation,
+                                      negative_slope, input_relu, output_mask);
   std::vector<std::string> names;
   bool params_generic = false;
   if (out.numel() > 0) {
@@ -85,12 +61,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<std::string>> emulate
     }
     const auto& a = plan.args;
     if (a.grad_input != nullptr &&
-        !tiled::with_input_grad_program(a, [&](const auto& p) { emulate(p, names); })) {
+        !tiled::with_input_grad_program(a, [&](const auto& p) { emulate_program(p, names); })) {
       names.push_back("generic");
       plan.grad_input = at::Tensor();
     }
     if ((a.grad_weight != nullptr || a.grad_bias != nullptr) &&
-        !tiled::with_param_grad_programs(a, [&](const auto& p) { emulate(p, names); })) {
+        !tiled::with_param_grad_programs(a, [&](const auto& p) { emulate_program(p, names); })) {
       names.push_back("generic");
       params_generic = true;
     }

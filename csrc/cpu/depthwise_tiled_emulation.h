@@ -16,11 +16,12 @@ namespace fastblocks {
 
 std::tuple<at::Tensor, std::vector<std::string>> emulate_tiled_depthwise_forward(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, std::vector<int64_t> stride,
-    std::vector<int64_t> padding, std::vector<int64_t> dilation, const std::string& activation, bool input_relu);
+    std::vector<int64_t> padding, std::vector<int64_t> dilation, const std::string& activation, bool input_relu,
+    double negative_slope);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<std::string>> emulate_tiled_depthwise_backward(
     const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
     std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
-    const std::string& activation, bool input_relu, std::array<bool, 3> output_mask);
+    const std::string& activation, bool input_relu, std::array<bool, 3> output_mask, double negative_slope);
 
 }  // namespace fastblocks

@@ -1,34 +1,45 @@
-// CPU building blocks of every epilogue (per-channel scale/bias, optional addend, activation) and the one
-// backward all epilogues share (common/epilogue_args.h: EpilogueBackwardArgs). Loop shapes over a dense tensor
-// (common/channel_view.h):
+// CPU building blocks of every epilogue (per-channel scale/bias, optional addend, an activation of the table in
+// common/activation.h) and the one backward all epilogues share (common/epilogue_args.h: EpilogueBackwardArgs).
+// Loop shapes over a dense tensor (common/channel_view.h):
 //   flat   - no per-channel parameter: one elementwise pass in chunks;
 //   planes - channels-first: each (n, c) plane of `run` elements has one scale and bias;
 //   rows   - channels-last (run == 1): each row holds all C channels, parameters load as vectors.
+// The activation is a template parameter (a functor of the table): its vector code is inlined in the loops.
 #pragma once
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common/epilogue.h"
 #include "common/epilogue_args.h"
-#include "common/switch.h"
 #include "cpu/vec_math.h"
 
 namespace fastblocks::cpu {
 inline namespace CPU_CAPABILITY {
 namespace epilogue_detail {
 
+// z = x * s + b (+ r): the pre-activation, the same expression in the forward and in the backward's recompute.
+template <typename V>
+inline V preactivation(const V& x, const V& s, const V& b) {
+  return x * s + b;
+}
+template <typename V>
+inline V preactivation(const V& x, const V& s, const V& b, const V& r) {
+  return x * s + b + r;
+}
+
 // out[i] = act(x[i] * s + b (+ r[i])) over n elements; s and b are per element (loaded from s_ptr/b_ptr) when
 // PER_ELEMENT, else the constants s0/b0.
-template <typename scalar_t, Activation A, bool PER_ELEMENT, bool RESIDUAL>
+template <typename scalar_t, typename Act, bool PER_ELEMENT, bool RESIDUAL>
 inline void forward_run(const scalar_t* x, const scalar_t* r, scalar_t* out, int64_t n, const acc_t<scalar_t>* s_ptr,
-                        const acc_t<scalar_t>* b_ptr, acc_t<scalar_t> s0, acc_t<scalar_t> b0) {
+                        const acc_t<scalar_t>* b_ptr, acc_t<scalar_t> s0, acc_t<scalar_t> b0,
+                        acc_t<scalar_t> slope) {
   using C = Chunk<scalar_t>;
   using Vec = typename C::Vec;
-  const Vec s_const(s0), b_const(b0);
+  const Vec s_const(s0), b_const(b0), sl(slope);
   for (int64_t i = 0; i < n; i += C::kSize) {
     const int64_t m = std::min<int64_t>(C::kSize, n - i);
     const C xc = C::load(x + i, m);
@@ -43,43 +54,73 @@ inline void forward_run(const scalar_t* x, const scalar_t* r, scalar_t* out, int
         b = Vec::loadu(b_ptr + i + k * C::kLanes, lanes);
       }
       if constexpr (RESIDUAL) {
-        yc.v[k] = epilogue<A>(xc.v[k], s, b, rc.v[k]);
+        yc.v[k] = Act::value(preactivation(xc.v[k], s, b, rc.v[k]), sl);
       } else {
-        yc.v[k] = epilogue<A>(xc.v[k], s, b);
+        yc.v[k] = Act::value(preactivation(xc.v[k], s, b), sl);
       }
     }
     yc.store(out + i, m);
   }
 }
 
-// Backward over n elements of one channel (or of no particular channel): g = act'(grad_out) from out;
-// gr = g (when gr is given); gx = g * s (WRITE_GX); sum_g += sum g and sum_gx += sum g * x (REDUCE; x may be
-// null).
-template <typename scalar_t, Activation A, bool WRITE_GX, bool REDUCE>
-inline void backward_run(const scalar_t* gy, const scalar_t* y, const scalar_t* x, scalar_t* gx, scalar_t* gr,
-                         int64_t n, acc_t<scalar_t> s0, acc_t<scalar_t>& sum_g, acc_t<scalar_t>& sum_gx) {
+// The inputs of one backward run: x (and r) where the pre-activation or grad_scale needs them.
+template <typename scalar_t>
+struct BackwardRun {
+  const scalar_t* gy;
+  const scalar_t* x;  // null: not read
+  const scalar_t* r;  // null: no residual
+  scalar_t* gx;       // null: not written
+  scalar_t* gr;       // null: not written
+  bool sum_gx;        // grad_scale wanted (x given)
+};
+
+// g = act'(z) * grad_out with z recomputed from x (and r) unless the activation is "none". Lanes past the run's
+// end load as zero and give g = 0.
+template <typename scalar_t, typename Act>
+inline typename Chunk<scalar_t>::Vec chunk_grad(const typename Chunk<scalar_t>::Vec& gy,
+                                                 const typename Chunk<scalar_t>::Vec& x,
+                                                 const typename Chunk<scalar_t>::Vec* r,
+                                                 const typename Chunk<scalar_t>::Vec& s,
+                                                 const typename Chunk<scalar_t>::Vec& b,
+                                                 const typename Chunk<scalar_t>::Vec& slope) {
+  if constexpr (std::is_same_v<Act, NoneAct>) {
+    return gy;
+  } else {
+    const auto z = r != nullptr ? preactivation(x, s, b, *r) : preactivation(x, s, b);
+    return Act::grad(gy, z, slope);
+  }
+}
+
+// Backward over n elements of one channel (or of no particular channel) with constant s0/b0: writes gr = g and
+// gx = g * s0 where asked; REDUCE: sum_g += sum g, sum_gx += sum g * x.
+template <typename scalar_t, typename Act, bool REDUCE>
+inline void backward_run(const BackwardRun<scalar_t>& io, int64_t n, acc_t<scalar_t> s0, acc_t<scalar_t> b0,
+                         acc_t<scalar_t> slope, acc_t<scalar_t>& sum_g, acc_t<scalar_t>& sum_gx) {
   using C = Chunk<scalar_t>;
   using Vec = typename C::Vec;
-  const Vec s(s0);
+  constexpr bool kNeedsZ = !std::is_same_v<Act, NoneAct>;
+  const Vec s(s0), b(b0), sl(slope);
   Vec acc_g(0), acc_gx(0);
+  const bool load_x = kNeedsZ || (REDUCE && io.sum_gx);
   for (int64_t i = 0; i < n; i += C::kSize) {
     const int64_t m = std::min<int64_t>(C::kSize, n - i);
-    const C gyc = C::load(gy + i, m);
-    const C yc = C::load(y + i, m);
-    C g, gxc;
+    const C gyc = C::load(io.gy + i, m);
+    C xc, rc, g, gxc;
+    if (load_x) xc = C::load(io.x + i, m);
+    const bool residual = kNeedsZ && io.r != nullptr;
+    if (residual) rc = C::load(io.r + i, m);
     for (int k = 0; k < C::kVecs; ++k) {
-      g.v[k] = activation_grad<A>(gyc.v[k], yc.v[k]);  // lanes past m are 0
-      if constexpr (WRITE_GX) gxc.v[k] = g.v[k] * s;
-      if constexpr (REDUCE) acc_g = acc_g + g.v[k];
-    }
-    if constexpr (REDUCE) {
-      if (x != nullptr) {
-        const C xc = C::load(x + i, m);
-        for (int k = 0; k < C::kVecs; ++k) acc_gx = acc_gx + g.v[k] * xc.v[k];
+      g.v[k] = chunk_grad<scalar_t, Act>(gyc.v[k], xc.v[k], residual ? &rc.v[k] : nullptr, s, b, sl);
+      if constexpr (REDUCE) {
+        acc_g = acc_g + g.v[k];
+        if (io.sum_gx) acc_gx = acc_gx + g.v[k] * xc.v[k];
       }
     }
-    if (gr != nullptr) g.store(gr + i, m);
-    if constexpr (WRITE_GX) gxc.store(gx + i, m);
+    if (io.gr != nullptr) g.store(io.gr + i, m);
+    if (io.gx != nullptr) {
+      for (int k = 0; k < C::kVecs; ++k) gxc.v[k] = g.v[k] * s;
+      gxc.store(io.gx + i, m);
+    }
   }
   if constexpr (REDUCE) {
     sum_g += sum_lanes(acc_g);
@@ -87,32 +128,40 @@ inline void backward_run(const scalar_t* gy, const scalar_t* y, const scalar_t* 
   }
 }
 
-// Backward over n consecutive channels of one channels-last row; s, sum_g and sum_gx point at those channels.
-template <typename scalar_t, Activation A, bool WRITE_GX, bool REDUCE>
-inline void backward_row(const scalar_t* gy, const scalar_t* y, const scalar_t* x, scalar_t* gx, scalar_t* gr,
-                         int64_t n, const acc_t<scalar_t>* s, acc_t<scalar_t>* sum_g, acc_t<scalar_t>* sum_gx) {
+// Backward over n consecutive channels of one channels-last row; s, b, sum_g and sum_gx point at those channels
+// (sums only with REDUCE).
+template <typename scalar_t, typename Act, bool REDUCE>
+inline void backward_row(const BackwardRun<scalar_t>& io, int64_t n, const acc_t<scalar_t>* s,
+                         const acc_t<scalar_t>* b, acc_t<scalar_t> slope, acc_t<scalar_t>* sum_g,
+                         acc_t<scalar_t>* sum_gx) {
   using Ch = Chunk<scalar_t>;
   using Vec = typename Ch::Vec;
+  constexpr bool kNeedsZ = !std::is_same_v<Act, NoneAct>;
+  const Vec sl(slope);
+  const bool load_x = kNeedsZ || (REDUCE && io.sum_gx);
   for (int64_t i = 0; i < n; i += Ch::kSize) {
     const int64_t m = std::min<int64_t>(Ch::kSize, n - i);
-    const Ch gyc = Ch::load(gy + i, m);
-    const Ch yc = Ch::load(y + i, m);
-    Ch g, gxc, xc;
-    if (REDUCE && x != nullptr) xc = Ch::load(x + i, m);
+    const Ch gyc = Ch::load(io.gy + i, m);
+    Ch xc, rc, g, gxc;
+    if (load_x) xc = Ch::load(io.x + i, m);
+    const bool residual = kNeedsZ && io.r != nullptr;
+    if (residual) rc = Ch::load(io.r + i, m);
     for (int k = 0; k < Ch::kVecs; ++k) {
       const int64_t c = i + k * Ch::kLanes;
       const int64_t lanes = Ch::lanes_of(k, m);
-      g.v[k] = activation_grad<A>(gyc.v[k], yc.v[k]);
-      if constexpr (WRITE_GX) gxc.v[k] = g.v[k] * Vec::loadu(s + c, lanes);
+      const Vec sv = Vec::loadu(s + c, lanes);
+      const Vec bv = kNeedsZ ? Vec::loadu(b + c, lanes) : Vec(0);
+      g.v[k] = chunk_grad<scalar_t, Act>(gyc.v[k], xc.v[k], residual ? &rc.v[k] : nullptr, sv, bv, sl);
+      if (io.gx != nullptr) gxc.v[k] = g.v[k] * sv;
       if constexpr (REDUCE) {
         if (lanes > 0) {
           (Vec::loadu(sum_g + c, lanes) + g.v[k]).store(sum_g + c, lanes);
-          if (x != nullptr) (Vec::loadu(sum_gx + c, lanes) + g.v[k] * xc.v[k]).store(sum_gx + c, lanes);
+          if (io.sum_gx) (Vec::loadu(sum_gx + c, lanes) + g.v[k] * xc.v[k]).store(sum_gx + c, lanes);
         }
       }
     }
-    if (gr != nullptr) g.store(gr + i, m);
-    if constexpr (WRITE_GX) gxc.store(gx + i, m);
+    if (io.gr != nullptr) g.store(io.gr + i, m);
+    if (io.gx != nullptr) gxc.store(io.gx + i, m);
   }
 }
 
@@ -121,43 +170,59 @@ T* branch_ptr(const BranchTable& t, int i) {
   return t.count > 0 ? static_cast<T*>(t.data[i]) : nullptr;
 }
 
-template <typename scalar_t, Activation A, bool WRITE_GX, bool REDUCE>
+// The per-channel scale and bias as arrays (1 and 0 where absent), for the row loops.
+template <typename acc>
+struct ChannelParams {
+  std::vector<acc> ones, zeros;
+  const acc* scale;
+  const acc* bias;
+  ChannelParams(const acc* s, const acc* b, int64_t C) : scale(s), bias(b) {
+    if (scale == nullptr) scale = (ones.assign(C, acc(1)), ones.data());
+    if (bias == nullptr) bias = (zeros.assign(C, acc(0)), zeros.data());
+  }
+};
+
+template <typename scalar_t, typename Act, bool REDUCE>
 void backward_typed(const EpilogueBackwardArgs& a) {
   using acc = acc_t<scalar_t>;
   const auto* gy = static_cast<const scalar_t*>(a.grad_out);
-  const auto* y = static_cast<const scalar_t*>(a.out);
-  const auto* scale = static_cast<const acc*>(a.scale);
+  const auto* r = static_cast<const scalar_t*>(a.residual);
   auto* gr = static_cast<scalar_t*>(a.grad_residual);
   auto* grad_scale = static_cast<acc*>(a.grad_scale);
   auto* grad_bias = static_cast<acc*>(a.grad_bias);
+  const auto* scale = static_cast<const acc*>(a.scale);
+  const auto* bias = static_cast<const acc*>(a.bias);
+  const acc slope = static_cast<acc>(a.act.negative_slope);
   const ChannelView& v = a.view;
   const int64_t C = v.channels;
   const BranchTable branches = a.layout();
   const int64_t* begin = branches.channel_begin;
+  const bool sum_gx = grad_scale != nullptr;
 
-  if constexpr (!WRITE_GX && !REDUCE) {  // flat: grad_residual only
+  if (!REDUCE && a.grad_x.count == 0 && scale == nullptr && bias == nullptr) {  // flat: grad_residual only
+    const scalar_t* x = branch_ptr<const scalar_t>(a.x, 0);
     at::parallel_for(0, v.numel, kGrainElements, [&](int64_t lo, int64_t hi) {
       acc unused_g = 0, unused_gx = 0;
-      backward_run<scalar_t, A, false, false>(gy + lo, y + lo, nullptr, nullptr, gr + lo, hi - lo, 1, unused_g,
-                                              unused_gx);
+      const BackwardRun<scalar_t> io{gy + lo, x ? x + lo : nullptr, r ? r + lo : nullptr, nullptr, gr + lo, false};
+      backward_run<scalar_t, Act, false>(io, hi - lo, 1, 0, slope, unused_g, unused_gx);
     });
     return;
   }
 
   if (v.run == 1) {  // rows: each row is split into its branches' channel ranges
-    std::vector<acc> ones;
-    if (scale == nullptr) scale = (ones.assign(C, acc(1)), ones.data());
+    const ChannelParams<acc> params(scale, bias, C);
     const int64_t rows = v.numel / C;
-    auto do_row = [&](int64_t row, acc* sum_g, acc* sum_gx) {
+    auto do_row = [&](int64_t row, acc* sum_g, acc* sum_gx_row) {
       for (int i = 0; i < branches.count; ++i) {
         const int64_t ci = begin[i + 1] - begin[i];
         const int64_t o = row * C + begin[i];
         const scalar_t* xi = branch_ptr<const scalar_t>(a.x, i);
         scalar_t* gxi = branch_ptr<scalar_t>(a.grad_x, i);
-        backward_row<scalar_t, A, WRITE_GX, REDUCE>(gy + o, y + o, xi ? xi + row * ci : nullptr,
-                                                    gxi ? gxi + row * ci : nullptr, gr ? gr + o : nullptr, ci,
-                                                    scale + begin[i], sum_g ? sum_g + begin[i] : nullptr,
-                                                    sum_gx ? sum_gx + begin[i] : nullptr);
+        const BackwardRun<scalar_t> io{gy + o, xi ? xi + row * ci : nullptr, r ? r + o : nullptr,
+                                       gxi ? gxi + row * ci : nullptr, gr ? gr + o : nullptr, sum_gx};
+        backward_row<scalar_t, Act, REDUCE>(io, ci, params.scale + begin[i], params.bias + begin[i], slope,
+                                            sum_g ? sum_g + begin[i] : nullptr,
+                                            sum_gx_row ? sum_gx_row + begin[i] : nullptr);
       }
     };
     if constexpr (REDUCE) {
@@ -194,15 +259,17 @@ void backward_typed(const EpilogueBackwardArgs& a) {
   // planes: plane (n, c) of the output is plane (n, c - begin[i]) of branch i.
   const int64_t run = v.run;
   const int64_t batch = v.numel / (run * C);
-  auto do_plane = [&](int64_t n, int64_t c, acc& sum_g, acc& sum_gx) {
+  auto do_plane = [&](int64_t n, int64_t c, acc& sum_g, acc& sum_gx_c) {
     const int i = branch_of(branches, c);
     const int64_t ci = begin[i + 1] - begin[i];
     const int64_t o = (n * C + c) * run;
     const int64_t bo = (n * ci + (c - begin[i])) * run;
     const scalar_t* xi = branch_ptr<const scalar_t>(a.x, i);
     scalar_t* gxi = branch_ptr<scalar_t>(a.grad_x, i);
-    backward_run<scalar_t, A, WRITE_GX, REDUCE>(gy + o, y + o, xi ? xi + bo : nullptr, gxi ? gxi + bo : nullptr,
-                                                gr ? gr + o : nullptr, run, scale ? scale[c] : acc(1), sum_g, sum_gx);
+    const BackwardRun<scalar_t> io{gy + o, xi ? xi + bo : nullptr, r ? r + o : nullptr, gxi ? gxi + bo : nullptr,
+                                   gr ? gr + o : nullptr, sum_gx};
+    backward_run<scalar_t, Act, REDUCE>(io, run, scale ? scale[c] : acc(1), bias ? bias[c] : acc(0), slope, sum_g,
+                                        sum_gx_c);
   };
   if constexpr (REDUCE) {
     // One task per channel walks that channel's planes in order: deterministic sums.
@@ -224,19 +291,18 @@ void backward_typed(const EpilogueBackwardArgs& a) {
   }
 }
 
-}  // namespace epilogue_detail
-
-void epilogue_backward(const EpilogueBackwardArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "epilogue_backward_cpu", [&] {
-    FASTBLOCKS_BOOL_SWITCH(a.relu, RELU, [&] {
-      FASTBLOCKS_BOOL_SWITCH(a.grad_x.count > 0, WRITE_GX, [&] {
-        FASTBLOCKS_BOOL_SWITCH(a.reduces(), REDUCE, [&] {
-          epilogue_detail::backward_typed<scalar_t, RELU ? Activation::kReLU : Activation::kNone, WRITE_GX, REDUCE>(a);
-        });
-      });
-    });
-  });
+// The dtype dispatch every CPU epilogue kernel starts with: f(scalar_t{}) for float, double, half, bfloat16.
+template <typename F>
+void dispatch_epilogue_dtype(c10::ScalarType dtype, const char* name, F&& f) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return f(float{});
+    case c10::ScalarType::Double: return f(double{});
+    case c10::ScalarType::Half: return f(c10::Half{});
+    case c10::ScalarType::BFloat16: return f(c10::BFloat16{});
+    default: TORCH_CHECK(false, name, ": unsupported dtype ", dtype);
+  }
 }
 
+}  // namespace epilogue_detail
 }  // namespace CPU_CAPABILITY
 }  // namespace fastblocks::cpu

@@ -1,4 +1,5 @@
-// CPU kernels, each built twice: portable (namespace DEFAULT) and for AVX2+FMA (namespace AVX2).
+// CPU kernels, each built twice: portable (namespace DEFAULT, cpu/*_default.cpp) and for AVX2+FMA (namespace AVX2,
+// cpu/*_avx2.cpp).
 #pragma once
 
 #include "common/depthwise.h"
@@ -7,7 +8,7 @@
 namespace fastblocks::cpu {
 
 #define FASTBLOCKS_DECLARE_CPU_KERNELS                           \
-  void add_relu_forward(const AddReluForwardArgs& args);         \
+  void add_act_forward(const AddActForwardArgs& args);           \
   void branch_concat_forward(const BranchConcatForwardArgs& args); \
   void epilogue_backward(const EpilogueBackwardArgs& args);       \
   void depthwise_forward(const DepthwiseForwardArgs& args);       \

@@ -13,15 +13,19 @@
 
 namespace fastblocks {
 
-// The epilogue's primitives on vectors (see common/epilogue.h for the scalar ones).
+// The activation table's primitives on vectors (common/activation.h has the scalar ones). exp/erf/tanh are
+// ATen's vectorized (Sleef) functions, the ones torch's own CPU activation kernels use.
 template <typename T>
-struct ElementMath<at::vec::Vectorized<T>> {
+struct ActMath<at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
-  static V zero() { return V(T(0)); }
-  static V relu(V v) { return at::vec::maximum(v, zero()); }  // NaN-propagating, like torch.relu
-  static V relu6(V v) { return at::vec::minimum(at::vec::maximum(v, zero()), V(T(6))); }
-  static V relu_grad(V grad, V out) { return V::blendv(zero(), grad, out > zero()); }
-  static V relu6_grad(V grad, V out) { return V::blendv(zero(), grad, (out > zero()) & (out < V(T(6)))); }
+  using Scalar = T;
+  static V constant(double v) { return V(static_cast<T>(v)); }
+  static V select(const V& mask, const V& a, const V& b) { return V::blendv(b, a, mask); }
+  static V clamp_min(const V& v, const V& lo) { return at::vec::maximum(v, lo); }  // NaN-propagating
+  static V clamp_max(const V& v, const V& hi) { return at::vec::minimum(v, hi); }
+  static V exp(const V& v) { return v.exp(); }
+  static V erf(const V& v) { return v.erf(); }
+  static V tanh(const V& v) { return v.tanh(); }
 };
 
 namespace cpu {

@@ -1,11 +1,13 @@
 // CUDA impl of fastblocks::branch_concat and fastblocks::branch_concat_backward (schemas in csrc/fastblocks.cpp):
-// checks and allocation on the host, kernels in branch_concat_kernel.cu / epilogue_backward_kernel.cu, on the
-// current stream under a device guard.
-#include <ATen/ATen.h>
+// checks and allocation on the host (common/branch_concat_host.cpp), programs in epilogue_forward_kernel.cu /
+// epilogue_backward_kernel.cu, on the current stream under a device guard.
+#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -17,11 +19,15 @@
 namespace fastblocks {
 namespace {
 
+constexpr const char* kBackward = "branch_concat_backward";
+
 at::Tensor branch_concat_cuda(at::TensorList inputs, const std::optional<at::Tensor>& scale,
-                              const std::optional<at::Tensor>& bias, bool relu) {
+                              const std::optional<at::Tensor>& bias, c10::string_view activation,
+                              double negative_slope) {
   check_branch_concat_devices(inputs, scale, bias);
   const c10::cuda::CUDAGuard guard(inputs[0].device());
-  auto plan = plan_branch_concat_forward(inputs, scale, bias, relu);
+  auto plan = plan_branch_concat_forward(inputs, scale, bias, std::string_view(activation.data(), activation.size()),
+                                         negative_slope);
   if (plan.out.numel() > 0) {
     cuda::launch_branch_concat_forward(plan.args, c10::cuda::getCurrentCUDAStream(inputs[0].get_device()).stream());
   }
@@ -29,16 +35,20 @@ at::Tensor branch_concat_cuda(at::TensorList inputs, const std::optional<at::Ten
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> branch_concat_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& out, at::IntArrayRef channels, at::TensorList inputs,
-    const std::optional<at::Tensor>& scale, bool relu, bool compute_param_grads) {
-  check_same_device(grad_out, "grad_out", out, "out", "branch_concat_backward");
-  for (const auto& t : inputs) check_same_device(t, "inputs", out, "out", "branch_concat_backward");
-  if (scale.has_value() && scale->defined()) check_same_device(*scale, "scale", out, "out", "branch_concat_backward");
-  const c10::cuda::CUDAGuard guard(out.device());
-  auto plan = plan_branch_concat_backward(grad_out, out, channels, inputs, scale, relu, compute_param_grads);
-  if (plan.out.numel() > 0) {
-    run_epilogue_backward(plan.args, out, cuda::launch_branch_concat_backward_elementwise);
+    const at::Tensor& grad_out, at::IntArrayRef channels, at::TensorList inputs,
+    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias, c10::string_view activation,
+    double negative_slope, bool compute_param_grads) {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const std::string name = "inputs[" + std::to_string(i) + "]";
+    check_same_device(inputs[i], name.c_str(), grad_out, "grad_out", kBackward);
   }
+  if (scale.has_value() && scale->defined()) check_same_device(*scale, "scale", grad_out, "grad_out", kBackward);
+  if (bias.has_value() && bias->defined()) check_same_device(*bias, "bias", grad_out, "grad_out", kBackward);
+  const c10::cuda::CUDAGuard guard(grad_out.device());
+  auto plan = plan_branch_concat_backward(grad_out, channels, inputs, scale, bias,
+                                          std::string_view(activation.data(), activation.size()), negative_slope,
+                                          compute_param_grads);
+  if (plan.grad_out.numel() > 0) run_epilogue_backward(plan.args, plan.grad_out);
   return {plan.grad_inputs, plan.grad_scale, plan.grad_bias};
 }
 

@@ -7,8 +7,9 @@
 //   3x3 and 5x5): one thread per output (forward) or per input (input gradient, gathered: no atomics), one block
 //   per (output channel, tap) for the weight and bias gradients (deterministic block sums). Its values come from
 //   the C10_HOST_DEVICE math of common/depthwise.h that the CPU kernels share.
-#include "cuda/epilogue.cuh"
+#include "cuda/kernel_utils.cuh"
 #include "cuda/launchers.h"
+#include "cuda/program.cuh"
 
 #include <algorithm>
 
@@ -21,10 +22,10 @@
 namespace fastblocks::cuda {
 namespace {
 
-template <typename T, Activation A, bool INPUT_RELU>
+template <typename T, bool INPUT_RELU>
 __global__ void __launch_bounds__(kThreads)
     depthwise_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const acc_t<T>* __restrict__ bias,
-                             T* __restrict__ out, DepthwiseGeometry g) {
+                             T* __restrict__ out, DepthwiseGeometry g, ActivationSpec act) {
   using acc = acc_t<T>;
   const int64_t oc = g.out_channels();
   const int64_t numel = g.batch * oc * g.out_h * g.out_w;
@@ -32,28 +33,30 @@ __global__ void __launch_bounds__(kThreads)
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const Nchw p = unflatten(i, oc, g.out_h, g.out_w, g.channels_last);
     const acc sum = depthwise_sum<INPUT_RELU>(x, w, g, p.n, p.c, p.h, p.w);
-    out[i] = static_cast<T>(activate<A>(sum + (bias ? bias[p.c] : acc(0))));
+    out[i] = static_cast<T>(activate(act, sum + (bias ? bias[p.c] : acc(0))));
   }
 }
 
-template <typename T, Activation A, bool INPUT_RELU>
+template <typename T, bool INPUT_RELU>
 __global__ void __launch_bounds__(kThreads)
     depthwise_input_grad_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
-                                const T* __restrict__ w, T* __restrict__ gi, DepthwiseGeometry g) {
+                                const T* __restrict__ w, T* __restrict__ gi, DepthwiseGeometry g,
+                                ActivationSpec act) {
   const int64_t numel = g.batch * g.channels * g.in_h * g.in_w;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const Nchw p = unflatten(i, g.channels, g.in_h, g.in_w, g.channels_last);
-    gi[i] = static_cast<T>(depthwise_input_grad<A, INPUT_RELU>(gy, y, x, w, g, p.n, p.c, p.h, p.w));
+    gi[i] = static_cast<T>(depthwise_input_grad<INPUT_RELU>(act, gy, y, x, w, g, p.n, p.c, p.h, p.w));
   }
 }
 
 // Block (oc, tap): sum over (n, oh, ow) of the tap's term; tap == taps() is the bias.
-template <typename T, Activation A, bool INPUT_RELU>
+template <typename T, bool INPUT_RELU>
 __global__ void __launch_bounds__(kThreads)
     depthwise_param_grad_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
                                 acc_t<T>* __restrict__ grad_weight, acc_t<T>* __restrict__ grad_bias,
-                                int64_t first_tap, int64_t last_tap, DepthwiseGeometry g) {
+                                int64_t first_tap, int64_t last_tap, DepthwiseGeometry g,
+                                ActivationSpec act) {
   using acc = acc_t<T>;
   __shared__ acc scratch[32];
   const int64_t positions = g.batch * g.out_h * g.out_w;
@@ -64,7 +67,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t k = threadIdx.x; k < positions; k += blockDim.x) {
         const int64_t ow = k % g.out_w;
         const int64_t rest = k / g.out_w;
-        sum += depthwise_param_grad_term<A, INPUT_RELU>(gy, y, x, g, rest / g.out_h, oc, tap, rest % g.out_h, ow);
+        sum += depthwise_param_grad_term<INPUT_RELU>(act, gy, y, x, g, rest / g.out_h, oc, tap, rest % g.out_h, ow);
       }
       sum = block_sum(sum, scratch);
       if (threadIdx.x == 0) {
@@ -82,53 +85,19 @@ unsigned grid_for(int64_t numel) {
   return static_cast<unsigned>(std::clamp<int64_t>(ceil_div(numel, kThreads), 1, int64_t(1) << 30));
 }
 
-// Any tiled program: each block runs the program's phases with a barrier after each (the barrier also guards the
-// shared memory between the blocks a grid-stride loop gives one CUDA block).
-template <class Program>
-__global__ void __launch_bounds__(tiled::kBlockThreads)
-    tiled_program_kernel(const Program program, int64_t blocks, int64_t shared_floats) {
-  extern __shared__ float shared[];
-  const tiled::Shared smem{shared, shared_floats};
-  for (int64_t block = blockIdx.x; block < blocks; block += gridDim.x) {
-    typename Program::State state{};
-#pragma unroll
-    for (int phase = 0; phase < Program::kPhases; ++phase) {
-      program.phase(phase, block, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x), smem, state);
-      __syncthreads();
-    }
-  }
-}
-
-template <class Program>
-void launch_program(const Program& program, cudaStream_t stream) {
-  const int64_t blocks = program.blocks();
-  if (blocks == 0) return;
-  const int64_t shared_floats = program.shared_floats();
-  TORCH_INTERNAL_ASSERT(program.threads() > 0 && program.threads() <= tiled::kBlockThreads &&
-                            shared_floats <= tiled::kMaxSharedFloats,
-                        program.name(), ": block of ", program.threads(), " threads, ", shared_floats,
-                        " floats of shared memory");
-  const auto grid = static_cast<unsigned>(std::min<int64_t>(blocks, int64_t(1) << 30));
-  tiled_program_kernel<Program><<<grid, program.threads(), static_cast<size_t>(shared_floats) * sizeof(float), stream>>>(
-      program, blocks, shared_floats);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 }  // namespace
 
 void launch_depthwise_forward(const DepthwiseForwardArgs& a, cudaStream_t stream) {
   if (tiled::with_forward_program(a, [&](const auto& program) { launch_program(program, stream); })) return;
   dispatch_dtype(a.dtype, "fastblocks::depthwise_conv2d", [&](auto zero) {
     using T = decltype(zero);
-    FASTBLOCKS_ACTIVATION_SWITCH(a.activation, A, [&] {
-      FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] {
-        const DepthwiseGeometry& g = a.geo;
-        depthwise_forward_kernel<T, A, INPUT_RELU>
-            <<<grid_for(g.batch * g.out_channels() * g.out_h * g.out_w), kThreads, 0, stream>>>(
-                static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const acc_t<T>*>(a.bias),
-                static_cast<T*>(a.out), g);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+    FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] {
+      const DepthwiseGeometry& g = a.geo;
+      depthwise_forward_kernel<T, INPUT_RELU>
+          <<<grid_for(g.batch * g.out_channels() * g.out_h * g.out_w), kThreads, 0, stream>>>(
+              static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const acc_t<T>*>(a.bias),
+              static_cast<T*>(a.out), g, a.activation);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
@@ -142,28 +111,26 @@ void launch_depthwise_backward(const DepthwiseBackwardArgs& a, cudaStream_t stre
   dispatch_dtype(a.dtype, "fastblocks::depthwise_conv2d_backward", [&](auto zero) {
     using T = decltype(zero);
     using acc = acc_t<T>;
-    FASTBLOCKS_ACTIVATION_SWITCH(a.activation, A, [&] {
-      FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] {
-        const DepthwiseGeometry& g = a.geo;
-        const auto* gy = static_cast<const T*>(a.grad_out);
-        const auto* y = static_cast<const T*>(a.out);
-        const auto* x = static_cast<const T*>(a.x);
-        if (!input_done) {
-          depthwise_input_grad_kernel<T, A, INPUT_RELU>
-              <<<grid_for(g.batch * g.channels * g.in_h * g.in_w), kThreads, 0, stream>>>(
-                  gy, y, x, static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), g);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
-        if (!params_done) {
-          const int64_t first_tap = a.grad_weight != nullptr ? 0 : g.taps();
-          const int64_t last_tap = a.grad_bias != nullptr ? g.taps() : g.taps() - 1;
-          const dim3 grid(static_cast<unsigned>(std::min<int64_t>(g.out_channels(), int64_t(1) << 30)),
-                          static_cast<unsigned>(std::min<int64_t>(last_tap - first_tap + 1, 65535)));
-          depthwise_param_grad_kernel<T, A, INPUT_RELU><<<grid, kThreads, 0, stream>>>(
-              gy, y, x, static_cast<acc*>(a.grad_weight), static_cast<acc*>(a.grad_bias), first_tap, last_tap, g);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
-      });
+    FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] {
+      const DepthwiseGeometry& g = a.geo;
+      const auto* gy = static_cast<const T*>(a.grad_out);
+      const auto* y = static_cast<const T*>(a.out);
+      const auto* x = static_cast<const T*>(a.x);
+      if (!input_done) {
+        depthwise_input_grad_kernel<T, INPUT_RELU><<<grid_for(g.batch * g.channels * g.in_h * g.in_w), kThreads, 0, stream>>>(
+            gy, y, x, static_cast<const T*>(a.weight), static_cast<T*>(a.grad_input), g, a.activation);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (!params_done) {
+        const int64_t first_tap = a.grad_weight != nullptr ? 0 : g.taps();
+        const int64_t last_tap = a.grad_bias != nullptr ? g.taps() : g.taps() - 1;
+        const dim3 grid(static_cast<unsigned>(std::min<int64_t>(g.out_channels(), int64_t(1) << 30)),
+                        static_cast<unsigned>(std::min<int64_t>(last_tap - first_tap + 1, 65535)));
+        depthwise_param_grad_kernel<T, INPUT_RELU><<<grid, kThreads, 0, stream>>>(
+            gy, y, x, static_cast<acc*>(a.grad_weight), static_cast<acc*>(a.grad_bias), first_tap, last_tap, g,
+            a.activation);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     });
   });
 }

@@ -1,48 +1,18 @@
-// Small device helpers shared by the CUDA kernels.
+// Small device helpers of the CUDA kernels that are not programs (the generic depthwise kernels).
 #pragma once
 
 #include <cuda_runtime.h>
 
-#include <atomic>
-#include <cstdint>
-#include <initializer_list>
+#include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
-#include <c10/cuda/CUDAException.h>
+#include <cstdint>
 
 namespace fastblocks::cuda {
 
-// VEC elements that move as one aligned load/store (16 bytes when VEC * sizeof(T) == 16).
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
-
-// 16 / sizeof(T) when every pointer is 16-byte aligned and `multiple_of` is a multiple of that width (0: no
-// constraint, for flat loops whose tail is handled separately), else 1.
-template <typename T>
-inline int pick_vec(int64_t multiple_of, std::initializer_list<const void*> ptrs) {
-  constexpr int kWide = 16 / static_cast<int>(sizeof(T));
-  bool ok = multiple_of % kWide == 0;
-  for (const void* p : ptrs) ok = ok && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
-  return ok ? kWide : 1;
-}
-
-// Channel of consecutive flat elements (element i is in channel (i / run) % channels) without a division
-// per element.
-struct ChannelCursor {
-  int64_t pos, channel;
-  __device__ __forceinline__ ChannelCursor(int64_t i, int64_t run, int64_t channels) {
-    const int64_t q = i / run;
-    pos = i - q * run;
-    channel = q % channels;
-  }
-  __device__ __forceinline__ void next(int64_t run, int64_t channels) {
-    if (++pos == run) {
-      pos = 0;
-      if (++channel == channels) channel = 0;
-    }
-  }
-};
+constexpr int kThreads = 256;
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -65,18 +35,18 @@ __device__ __forceinline__ T block_sum(T v, T* scratch) {
   return v;
 }
 
-inline int multiprocessor_count(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
-  if (device < 0 || device >= kMaxDevices) device = 0;
-  int count = cache[device].load(std::memory_order_relaxed);
-  if (count == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    cache[device].store(count, std::memory_order_relaxed);
-  }
-  return count;
-}
-
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// float, double, half, bfloat16 -> the kernel's element type.
+template <typename F>
+void dispatch_dtype(c10::ScalarType dtype, const char* name, F&& f) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return f(float{});
+    case c10::ScalarType::Double: return f(double{});
+    case c10::ScalarType::Half: return f(c10::Half{});
+    case c10::ScalarType::BFloat16: return f(c10::BFloat16{});
+    default: TORCH_CHECK(false, name, ": unsupported dtype ", dtype);
+  }
+}
 
 }  // namespace fastblocks::cuda

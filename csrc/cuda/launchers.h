@@ -10,22 +10,13 @@
 
 namespace fastblocks::cuda {
 
-// add_relu_kernel.cu
-void launch_add_relu_forward(const AddReluForwardArgs& args, cudaStream_t stream);
-// The backward without per-channel sums (grad_residual, grad_x in the output's layout).
-void launch_add_relu_backward_elementwise(const EpilogueBackwardArgs& args, cudaStream_t stream);
-
-// branch_concat_kernel.cu
+// epilogue_forward_kernel.cu
+void launch_add_act_forward(const AddActForwardArgs& args, cudaStream_t stream);
 void launch_branch_concat_forward(const BranchConcatForwardArgs& args, cudaStream_t stream);
-// The backward without per-channel sums (one gradient tensor per branch).
-void launch_branch_concat_backward_elementwise(const EpilogueBackwardArgs& args, cudaStream_t stream);
 
-// epilogue_backward_kernel.cu: the backward with per-channel sums, for every epilogue.
-// Partial sums per channel its workspace holds (2 * partials * channels values of the accumulation type);
-// 0 when args.reduces() is false.
-int64_t epilogue_backward_partials(const EpilogueBackwardArgs& args, int device);
-void launch_epilogue_backward_reduce(const EpilogueBackwardArgs& args, void* workspace, int64_t partials, int device,
-                                     cudaStream_t stream);
+// epilogue_backward_kernel.cu: the backward of every epilogue, elementwise or with per-channel sums. `workspace`
+// holds epilogue_programs::epilogue_backward_workspace(args) values of the accumulation type.
+void launch_epilogue_backward(const EpilogueBackwardArgs& args, void* workspace, cudaStream_t stream);
 
 // depthwise_kernel.cu
 void launch_depthwise_forward(const DepthwiseForwardArgs& args, cudaStream_t stream);

@@ -1,46 +1,43 @@
-// CPU forward of fastblocks::add_relu: out = act(x * scale[c] + bias[c] + residual) (backward: the shared
+// CPU forward of fastblocks::add_act: out = act(x * scale[c] + bias[c] + residual) (backward: the shared
 // epilogue_backward in cpu/epilogue_kernel.h).
 #pragma once
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "common/epilogue_args.h"
-#include "common/switch.h"
 #include "cpu/epilogue_kernel.h"
 
 namespace fastblocks::cpu {
 inline namespace CPU_CAPABILITY {
-namespace add_relu_detail {
+namespace add_act_detail {
 
 using epilogue_detail::forward_run;
 
-template <typename scalar_t, Activation A>
-void forward_typed(const AddReluForwardArgs& a) {
+template <typename scalar_t, typename Act>
+void forward_typed(const AddActForwardArgs& a) {
   using acc = acc_t<scalar_t>;
   const auto* x = static_cast<const scalar_t*>(a.x);
   const auto* r = static_cast<const scalar_t*>(a.residual);
   auto* out = static_cast<scalar_t*>(a.out);
   const auto* scale = static_cast<const acc*>(a.scale);
   const auto* bias = static_cast<const acc*>(a.bias);
+  const acc slope = static_cast<acc>(a.act.negative_slope);
   const ChannelView& v = a.view;
 
   if (scale == nullptr && bias == nullptr) {  // flat
     at::parallel_for(0, v.numel, kGrainElements, [&](int64_t begin, int64_t end) {
-      forward_run<scalar_t, A, false, true>(x + begin, r + begin, out + begin, end - begin, nullptr, nullptr, 1, 0);
+      forward_run<scalar_t, Act, false, true>(x + begin, r + begin, out + begin, end - begin, nullptr, nullptr, 1, 0,
+                                              slope);
     });
   } else if (v.run == 1) {  // rows
     const int64_t C = v.channels;
-    std::vector<acc> ones, zeros;
-    if (scale == nullptr) scale = (ones.assign(C, acc(1)), ones.data());
-    if (bias == nullptr) bias = (zeros.assign(C, acc(0)), zeros.data());
+    const epilogue_detail::ChannelParams<acc> params(scale, bias, C);
     at::parallel_for(0, v.numel / C, std::max<int64_t>(1, kGrainElements / C), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t o = row * C;
-        forward_run<scalar_t, A, true, true>(x + o, r + o, out + o, C, scale, bias, 1, 0);
+        forward_run<scalar_t, Act, true, true>(x + o, r + o, out + o, C, params.scale, params.bias, 1, 0, slope);
       }
     });
   } else {  // planes
@@ -49,20 +46,18 @@ void forward_typed(const AddReluForwardArgs& a) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t c = plane % v.channels;
         const int64_t o = plane * run;
-        forward_run<scalar_t, A, false, true>(x + o, r + o, out + o, run, nullptr, nullptr, scale ? scale[c] : acc(1),
-                                              bias ? bias[c] : acc(0));
+        forward_run<scalar_t, Act, false, true>(x + o, r + o, out + o, run, nullptr, nullptr,
+                                                scale ? scale[c] : acc(1), bias ? bias[c] : acc(0), slope);
       }
     });
   }
 }
 
-}  // namespace add_relu_detail
+}  // namespace add_act_detail
 
-void add_relu_forward(const AddReluForwardArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "add_relu_forward_cpu", [&] {
-    FASTBLOCKS_BOOL_SWITCH(a.relu, RELU, [&] {
-      add_relu_detail::forward_typed<scalar_t, RELU ? Activation::kReLU : Activation::kNone>(a);
-    });
+void add_act_forward(const AddActForwardArgs& a) {
+  epilogue_detail::dispatch_epilogue_dtype(a.dtype, "fastblocks::add_act", [&](auto zero) {
+    visit_activation(a.act.kind, [&](auto act) { add_act_detail::forward_typed<decltype(zero), decltype(act)>(a); });
   });
 }
 

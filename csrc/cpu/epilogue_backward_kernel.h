@@ -1,0 +1,25 @@
+// CPU backward of every epilogue op (fastblocks::add_act_backward, fastblocks::branch_concat_backward): the loops
+// of cpu/epilogue_kernel.h, instantiated per dtype and activation.
+#pragma once
+
+#include "cpu/epilogue_kernel.h"
+
+namespace fastblocks::cpu {
+inline namespace CPU_CAPABILITY {
+
+void epilogue_backward(const EpilogueBackwardArgs& a) {
+  epilogue_detail::dispatch_epilogue_dtype(a.dtype, "fastblocks epilogue backward", [&](auto zero) {
+    using scalar_t = decltype(zero);
+    visit_activation(a.act.kind, [&](auto act) {
+      using Act = decltype(act);
+      if (a.reduces()) {
+        epilogue_detail::backward_typed<scalar_t, Act, true>(a);
+      } else {
+        epilogue_detail::backward_typed<scalar_t, Act, false>(a);
+      }
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace fastblocks::cpu
