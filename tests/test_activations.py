@@ -265,3 +265,17 @@ def test_compose():
     assert c(("relu", 0.01), ("relu", 0.01)) == ("relu", 0.01)
     assert c(("silu", 0.01), ("silu", 0.01)) is None
     assert c(("relu", 0.01), ("silu", 0.01)) is None
+
+
+@pytest.mark.parametrize("case", ACTIVATION_CASES, ids=act_id)
+def test_kink_points_follow_torch(device, case):
+    """At the points where an activation's derivative jumps (0 for the ReLUs, 6 for ReLU6, -3 and 3 for
+    Hardswish) the fused gradient takes the value torch's own backward takes."""
+    activation, slope = case
+    values = torch.tensor([-6.0, -3.0, -0.0, 0.0, 3.0, 6.0, 1e-30, -1e-30], dtype=torch.float64, device=device)
+    for dtype in (torch.float64, torch.float32):
+        z = values.to(dtype).view(1, -1, 1, 1).requires_grad_()
+        ops.affine_act(z, activation=activation, negative_slope=slope).sum().backward()
+        ref = values.to(dtype).view(1, -1, 1, 1).requires_grad_()
+        activations.get(activation).function(ref, slope).sum().backward()
+        torch.testing.assert_close(z.grad, ref.grad, rtol=1e-6, atol=1e-6)

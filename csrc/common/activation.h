@@ -128,7 +128,8 @@ struct SiLUAct {
   }
 };
 
-// z * clamp(z + 3, 0, 6) / 6; gradient 0 below -3, z / 3 + 1/2 on [-3, 3], 1 above (hardswish_backward).
+// z * clamp(z + 3, 0, 6) / 6; gradient 0 up to -3, z / 3 + 1/2 strictly between -3 and 3, 1 from 3 on (as
+// torch's hardswish_backward decides the end points).
 struct HardswishAct {
   static constexpr const char* kName = "hardswish";
   C10_HOST_DEVICE static constexpr bool grad_from_output(double) { return false; }
@@ -142,7 +143,7 @@ struct HardswishAct {
   C10_HOST_DEVICE static V grad(V g, V z, V) {
     const V three = act_constant<V>(3);
     const V middle = g * (z / three + act_constant<V>(0.5));
-    return ActMath<V>::select(z < act_constant<V>(-3), act_constant<V>(0), ActMath<V>::select(z <= three, middle, g));
+    return ActMath<V>::select(z <= act_constant<V>(-3), act_constant<V>(0), ActMath<V>::select(z < three, middle, g));
   }
 };
 
