@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +23,27 @@ VERSION = "0.1.0"
 # Ampere (A100), Ampere consumer (A10/RTX 30), Hopper (H100/H200) as machine code, and Hopper PTX that the
 # driver JIT-compiles on newer cards. CUDA 13 dropped everything older than 7.5.
 DEFAULT_CUDA_ARCHS = "8.0;8.6;9.0+PTX"
+
+
+def _git_commit() -> str:
+    """The commit this source tree is checked out at: "<sha>", "<sha>-dirty" where files differ from it (or
+    their state cannot be read), "unknown" without git or outside a checkout of this project (an unpacked
+    sdist, or a copy inside another repository)."""
+    def git(*args):
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top is None or Path(top).resolve() != ROOT:
+            return "unknown"
+        head = git("rev-parse", "--verify", "HEAD")
+        status = git("status", "--porcelain")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return head + ("" if status == "" else "-dirty")
 
 
 def _has_cudart(home: Path) -> bool:
@@ -98,6 +120,7 @@ build_config = {
     "cuda_home": str(cuda_home) if use_cuda else None,
     "cuda_archs": cuda_archs or ("(visible GPU)" if use_cuda else None),
     "cuda_compiled": bool(use_cuda),
+    "commit": _git_commit(),  # build_info()["commit"]; the bench header shows it
 }
 (ROOT / "csrc" / "generated").mkdir(exist_ok=True)
 (ROOT / "csrc" / "generated" / "build_config.h").write_text(

@@ -3,8 +3,10 @@
 No speed is asserted anywhere here. The hidden ``--shapes tiny`` option swaps every shape for a tiny one.
 """
 import csv
+import datetime
 import json
 import math
+import os
 import subprocess
 import sys
 import types
@@ -14,6 +16,7 @@ import torch
 
 from conftest import child_process_env_and_cwd
 
+import pyfastblocks
 from pyfastblocks import bench, ops
 
 TINY = ["--device", "cpu", "--quick", "--shapes", "tiny", "--batch", "2", "--min-run-time", "0.001"]
@@ -57,9 +60,11 @@ def test_tiny_run_writes_csv_json_md_and_png(tmp_path):
         assert key in env
     assert env["pyfastblocks"]["version"]
     assert data["copy_gbs"] > 0 and data["elapsed_s"] > 0
+    assert env["commit"] == pyfastblocks.build_info()["commit"]  # the build's commit, "unknown" without one
 
     md = (out / "results.md").read_text()
     assert "| op | variant | mode |" in md and env["torch"] in md
+    assert f"commit {env['commit']}" in md
     for name in ("speedup_kernels.png", "speedup_models.png", "bandwidth.png"):
         path = out / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -88,7 +93,10 @@ def test_gate_trips_on_a_wrong_kernel(tmp_path, monkeypatch, capsys):
         assert r["max_abs_err"] == pytest.approx(0.01, rel=0.1)
     assert all(r["status"] == "ok" for r in by_op["branch_concat"])  # the others are still timed
     assert all(r["fused_us"] == "" for r in csv_rows if r["op"] == "add_relu")
-    assert "WRONG" in capsys.readouterr().out
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any("WRONG" in line for line in lines)
+    out = str(tmp_path / "out")
+    assert out in lines[0] and out in lines[-1]  # --out is named first and last too
 
 
 def test_gate_checks_gradients(tmp_path, monkeypatch):
@@ -184,3 +192,78 @@ def test_python_dash_m_entry_point():
                           timeout=120, env=env, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     assert "--quick" in proc.stdout and "--out" in proc.stdout
+
+
+def _lines(text):
+    return [line for line in text.strip().splitlines() if line.strip()]
+
+
+def test_results_go_to_a_new_folder_named_first_and_last(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    rc = bench.main([*TINY, "--no-compile", "--sections", "kernels", "--ops", "add_relu"])
+    assert rc == 0
+    (folder,) = (tmp_path / "pyfastblocks-bench-results").iterdir()
+    stamp = datetime.datetime.strptime(folder.name, "%Y-%m-%dT%H-%M-%SZ").replace(tzinfo=datetime.timezone.utc)
+    assert before <= stamp <= datetime.datetime.now(datetime.timezone.utc)  # UTC date-time of the run
+    lines = _lines(capsys.readouterr().out)
+    named = str(folder.resolve())  # the folder's absolute path (from the current folder's)
+    assert named in lines[0] and named in lines[-1], (lines[0], lines[-1])
+    names = {"results.csv", "results.json", "results.md", "speedup_kernels.png", "speedup_models.png",
+             "bandwidth.png"}
+    assert names <= {p.name for p in folder.iterdir()}
+    for name in names:
+        assert name in lines[-1]
+    data = json.loads((folder / "results.json").read_text())
+    assert data["complete"] and [r["variant"] for r in data["rows"]] == ["bn+add+relu", "add+relu"]
+
+
+def test_a_new_results_folder_never_reuses_an_existing_one(tmp_path):
+    now = datetime.datetime(2026, 11, 29, 12, 30, 5, tzinfo=datetime.timezone.utc)
+    root = str(tmp_path / "results")
+    first = bench.new_results_dir(root, now)
+    (tmp_path / "results" / "2026-11-29T12-30-05Z" / "keep.txt").write_text("earlier run")
+    second = bench.new_results_dir(root, now)
+    third = bench.new_results_dir(root, now)
+    assert os.path.basename(first) == "2026-11-29T12-30-05Z"
+    assert len({first, second, third}) == 3 and all(os.path.isdir(p) for p in (first, second, third))
+    assert os.listdir(second) == [] and (tmp_path / "results" / "2026-11-29T12-30-05Z" / "keep.txt").exists()
+
+
+def test_dry_run_plans_only(tmp_path, monkeypatch, capsys):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--dry-run measured or ran something")
+
+    for module, name in [(bench.timing, "copy_bandwidth_gbs"), (bench.timing, "measure_us"),
+                         (bench.timing, "median_us"), (bench.timing, "peak_memory_mb"), (bench.cli, "run_case"),
+                         (bench.cli, "run_model"), (bench.cli, "write_rows"), (bench.cli, "write_outputs")]:
+        monkeypatch.setattr(module, name, must_not_run)
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--dry-run", *TINY]) == 0
+    assert list(tmp_path.iterdir()) == []  # no results folder
+    lines = _lines(capsys.readouterr().out)
+    assert "dry run" in lines[0] and "nothing is measured" in lines[0]
+    assert any("copy bandwidth: not measured" in line for line in lines)
+    assert any(line.startswith("plan: 11 kernel cases, 2 model runs") for line in lines), lines
+
+
+def test_a_registered_op_is_benchmarked(tmp_path, monkeypatch):
+    from pyfastblocks.bench.cases import Case, OpBench
+
+    def cases(device, dtype, layout, batches, shapes):
+        for batch in batches:
+            for n in shapes:
+                x = torch.randn(batch, n, device=device, dtype=dtype)
+                yield Case("relu_demo", "relu", (batch, n), "fp32", layout, lambda x=x: torch.relu(x),
+                           lambda x=x: x.clamp_min(0), 2 * x.numel() * x.element_size())
+
+    def plan(batches, shapes, elem):
+        return [("fwd", 2 * b * n * elem) for b in batches for n in shapes]
+
+    monkeypatch.setitem(bench.OPS, "relu_demo",
+                        OpBench("relu_demo", cases, plan, {"full": [64], "quick": [64], "tiny": [16, 32]},
+                                lambda cuda, short: [2]))
+    rc, _, data, _ = _run(tmp_path, "--no-compile", "--sections", "kernels", "--ops", "relu_demo")
+    assert rc == 0
+    assert [(r["op"], r["shape"], r["status"]) for r in data["rows"]] == [("relu_demo", "2x16", "ok"),
+                                                                          ("relu_demo", "2x32", "ok")]
