@@ -15,7 +15,8 @@ only: it runs before anything is built):
 
 Commands run under ``bash -c`` with these variables set by gpu_check.sh: PY (``python3 -P``: the installed
 pyfastblocks, never the uncompiled source tree), OUT (the folder that comes back), WORK (scratch, not kept),
-NPROC (CPU cores), WORKERS (pytest-xdist workers) and SANITIZER (compute-sanitizer's path, or empty).
+NPROC (CPU cores), WORKERS (pytest-xdist workers), SANITIZER (compute-sanitizer's path, or empty) and PLAN (this
+file).
 """
 import datetime as _dt
 import json
@@ -44,14 +45,23 @@ class Step:
     required: bool = False  # when it fails, the steps after it cannot run and are skipped
 
 
+# The kernel benchmark runs (pyfastblocks-bench flags; each writes results.json/.md into $WORK/bench/<name>):
+# never-measured-on-a-GPU first, the torch.compile baselines (a compile per case) last.
+BENCH_COMMON = "--sections kernels --quick --batch 64 --min-run-time 0.1"
+BENCH_RUNS = [
+    ("1-fp16-bf16-channels-last", "--ops depthwise_conv2d branch_concat add_relu --no-compile"),
+    ("2-fp32-nchw", "--dtype fp32 --layout nchw --ops depthwise_conv2d branch_concat add_relu --no-compile"),
+    ("3-fp16-channels-last-vs-compile", "--ops branch_concat add_relu"),
+]
+
 STEPS: List[Step] = [
     Step(
-        "build", "environment and build for this card only", 145,
+        "build", "environment and build for this card only", 140,
         "nvidia-smi, torch and the tools, then `pip install .` with TORCH_CUDA_ARCH_LIST = this card's capability "
         "and MAX_JOBS = cores. Measured: the slowest compile units are csrc/cpu/kernels_default.cpp (47 s) then "
         "kernels_avx2.cpp (~35 s, compiled after the others) on one core of the project's 2-core CPU machine, "
         "csrc/cuda/depthwise_kernel.cu 31 s for sm_90 alone; with 16 jobs the build is that chain, ~85 s, plus "
-        "pip and the link: ~100 s. 145 s leaves 45% more for a slower host CPU.",
+        "pip and the link: ~100 s. 140 s leaves 40% more for a slower host CPU.",
         r"""nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
   || echo "nvidia-smi: not available"
 $PY -c "import sys, torch; p = torch.cuda.get_device_properties(0); print('python', sys.version.split()[0], '| torch', torch.__version__, 'CUDA', torch.version.cuda, '|', p.name, 'capability %d.%d' % (p.major, p.minor), '|', p.multi_processor_count, 'SMs |', round(p.total_memory / 2**30), 'GiB')" || exit 1
@@ -72,11 +82,11 @@ $PY -c "import pyfastblocks; i = pyfastblocks.build_info(); print(i); assert i['
         required=True,
     ),
     Step(
-        "cuda-tests", "the CUDA tests (pytest -m cuda), in parallel workers", 80,
+        "cuda-tests", "the CUDA tests (pytest -m cuda), in parallel workers", 75,
         "Every test item that runs CUDA code (the `cuda` marker, tests/conftest.py): CUDA against CPU and float64, "
         "the GPU against the emulator of every tiled depthwise program, tensors past 2^31 elements, streams and "
         "threads, mixed devices, bad input on CUDA; not the CPU suite CI already runs. Their CPU counterparts take "
-        "~30-60 s of one core here; 8 workers (2 threads each) plus their start (~10 s each, in parallel) fit 80 s.",
+        "~30-60 s of one core here; 8 workers (2 threads each) plus their start (~10 s each, in parallel) fit 75 s.",
         r"""XDIST=""; $PY -c "import xdist" 2> /dev/null && XDIST="-n $WORKERS"
 PER_TEST=""; $PY -c "import pytest_timeout" 2> /dev/null && PER_TEST="--timeout=60"
 OMP_NUM_THREADS=2 $PY -m pytest -m cuda $XDIST $PER_TEST -q -rfEs --tb=short --durations=10 -p no:cacheprovider tests
@@ -84,8 +94,9 @@ OMP_NUM_THREADS=2 $PY -m pytest -m cuda $XDIST $PER_TEST -q -rfEs --tb=short --d
     ),
     Step(
         "memcheck", "compute-sanitizer memcheck over every kernel", 40,
-        "scripts/sanitizer_workload.py launches every CUDA kernel of the project once per program, path and dtype "
-        "on small tensors (~1,000 launches); only fastblocks kernels are instrumented (--kernel-name), and torch's "
+        "scripts/sanitizer_workload.py launches every CUDA kernel of the project per program, path, dtype and "
+        "activation on small tensors (~500 runs, ~1,500 launches of ours); only fastblocks kernels are "
+        "instrumented (--kernel-name), and torch's "
         "caching allocator is off so that each tensor is its own allocation (an overrun inside a cached block is "
         "invisible to memcheck). Python, torch and CUDA start in ~10 s under the sanitizer.",
         r"""[ -n "$SANITIZER" ] || { echo "compute-sanitizer: not found"; exit 2; }
@@ -96,24 +107,23 @@ PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --kernel-name kns=
     Step(
         "racecheck", "compute-sanitizer racecheck over every kernel", 30,
         "The same workload for shared-memory hazards (the tiled depthwise programs, the block reductions of the "
-        "backward kernels); kernels without shared memory cost racecheck little.",
+        "backward kernels), with one activation per op (shared-memory access does not depend on it; racecheck "
+        "slows shared-memory accesses by orders of magnitude): ~220 runs.",
         r"""[ -n "$SANITIZER" ] || { echo "compute-sanitizer: not found"; exit 2; }
 "$SANITIZER" --tool racecheck --kernel-name kns=fastblocks --error-exitcode 9 --print-limit 20 \
-  $PY scripts/sanitizer_workload.py
+  $PY scripts/sanitizer_workload.py --one-activation
 """,
     ),
     Step(
-        "kernel-bench", "kernel benchmarks (fp16/bf16 channels_last, fp32 NCHW)", 55,
-        "pyfastblocks-bench's kernels section at batch 64 on the short shape list, % of the copy bandwidth measured "
-        "in each run: depthwise fp16/bf16 channels_last against conv2d(groups=C) (never run on a GPU yet), the "
-        "fp32 NCHW ops, then add_relu/branch_concat fp16 against eager and torch.compile (last: each case "
-        "compiles, ~3 s). ~6 s of start-up per run, ~0.5 s per case without compile.",
-        r"""B="$PY -m pyfastblocks.bench --sections kernels --quick --batch 64 --min-run-time 0.1"
-$B --ops depthwise_conv2d --no-compile --out "$WORK/bench/1-depthwise-half-channels-last"
-$B --dtype fp32 --layout nchw --no-compile --out "$WORK/bench/2-fp32-nchw"
-$B --ops add_relu branch_concat --out "$WORK/bench/3-epilogue-fp16-channels-last-vs-compile"
-""",
-        after=r"""python3 scripts/gpu_check_plan.py merge-bench "$OUT/kernels" "$WORK"/bench/*/""",
+        "kernel-bench", "kernel benchmarks (fp16/bf16 channels_last, fp32 NCHW; vs eager and torch.compile)", 65,
+        "pyfastblocks-bench's kernels section at batch 64 on its short shape list, each run measuring the copy "
+        "bandwidth it reports % of: every op in fp16/bf16 channels_last (depthwise in both; branch_concat and "
+        "depthwise never ran on a GPU yet) and in fp32 NCHW against eager PyTorch (~22 and ~14 cases, ~0.4 s "
+        "each, ~7 s of start-up per run: ~15 s per run), then branch_concat and add_relu fp16 against "
+        "torch.compile last (a compile per case: ~10 s for the first, ~3 s each after: ~30 s).",
+        "".join(f'$PY -m pyfastblocks.bench {BENCH_COMMON} {flags} --out "$WORK/bench/{name}"\n'
+                for name, flags in BENCH_RUNS),
+        after=r"""python3 "$PLAN" merge-bench "$OUT/kernels" "$WORK"/bench/*/""",
     ),
     Step(
         "model-bench", "models: eval batch 64 fp16 channels_last, profile split, training step, torch.compile", 110,
@@ -165,20 +175,23 @@ def as_bash() -> str:
     return "\n".join(lines) + "\n"
 
 
-def as_table(measured: Optional[dict] = None) -> str:
-    head = "| # | step | budget s | " + ("wall s | outcome | " if measured else "") + "what |"
-    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+def as_table(measured: Optional[dict] = None, why: bool = True) -> str:
+    """The plan as a Markdown table; with `measured` (read_steps), each step's wall time and outcome too."""
+    head = ["#", "step", "budget s"] + (["wall s", "outcome"] if measured is not None else []) + (["what"] if why else [])
+    rows = [head, ["---"] * len(head)]
     for i, s in enumerate(STEPS, 1):
         cells = [str(i), f"`{s.id}`: {s.title}", str(s.budget_s)]
-        if measured:
+        if measured is not None:
             m = measured.get(s.id, {})
             cells += [f"{m['wall_s']:.0f}" if m.get("wall_s") is not None else "-", m.get("outcome", "not run")]
-        cells.append(s.why)
-        rows.append("| " + " | ".join(cells) + " |")
-    rows.append(f"| | total | {total_budget_s()} | " + (
-        f"{sum(m.get('wall_s') or 0 for m in measured.values()):.0f} | | " if measured else "")
-        + f"limit {TOTAL_LIMIT_S} s; at worst {worst_case_s()} s (each step killed, {KILL_AFTER_S} s to die) |")
-    return "\n".join(rows) + "\n"
+        rows.append(cells + ([s.why] if why else []))
+    total = ["", "total", str(total_budget_s())]
+    if measured is not None:
+        total += [f"{sum(m.get('wall_s') or 0 for m in measured.values()):.0f}", ""]
+    if why:
+        total.append(f"limit {TOTAL_LIMIT_S} s; at worst {worst_case_s()} s (each step killed, {KILL_AFTER_S} s to die)")
+    rows.append(total)
+    return "".join("| " + " | ".join(r) + " |\n" for r in rows)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -201,12 +214,30 @@ def merge_bench(out_prefix: str, folders: List[str]) -> None:
         try:
             with open(os.path.join(folder, "results.md")) as f:
                 parts.append(f"# {name}\n\n{f.read().strip()}\n")
-        except OSError:
-            parts.append(f"# {name}\n\nno results.md: the run did not get as far as its first case\n")
+        except OSError:  # cut short: the bench writes results.md at the end, results.json after every case
+            parts.append(f"# {name}\n\n" + _rows_table(entry.get("results", {}).get("rows", [])))
     with open(out_prefix + ".json", "w") as f:
         json.dump({"runs": runs}, f, indent=1)
     with open(out_prefix + ".md", "w") as f:
         f.write("\n".join(parts) if parts else "no kernel benchmark ran\n")
+
+
+ROW_COLUMNS = ["op", "variant", "shape", "dtype", "layout", "mode", "status", "fused_us", "eager_us", "compile_us",
+               "speedup_vs_eager", "speedup_vs_compile", "pct_of_copy"]
+
+
+def _rows_table(rows: List[dict]) -> str:
+    """The rows of a pyfastblocks-bench run that was cut short (no results.md), as a plain table."""
+    if not rows:
+        return "the run was cut short before its first case\n"
+
+    def cell(v):
+        return f"{v:.3g}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    lines = ["the run was cut short; the cases it finished:", "", "| " + " | ".join(ROW_COLUMNS) + " |",
+             "|" + "---|" * len(ROW_COLUMNS)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in ROW_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def read_steps(tsv_path: str) -> dict:
@@ -223,14 +254,41 @@ def read_steps(tsv_path: str) -> dict:
     return measured
 
 
+def _range(values: List[float], spec: str) -> str:
+    values = sorted(v for v in values if isinstance(v, (int, float)))
+    if not values:
+        return "-"
+    low, high = format(values[0], spec), format(values[-1], spec)
+    return low if low == high else f"{low}-{high}"
+
+
 def _headlines(out_dir: str) -> List[str]:
-    """A few figures from models.json for the summary (the full tables are in models.md / kernels.md)."""
+    """A few figures from kernels.json and models.json for the summary (the tables: kernels.md, models.md)."""
+    lines = []
+    try:
+        with open(os.path.join(out_dir, "kernels.json")) as f:
+            runs = json.load(f)["runs"]
+    except (OSError, ValueError, KeyError):
+        runs = None
+        lines.append("kernels.json: missing (the kernel benchmark step did not write it)")
+    for run in runs or []:
+        rows = run.get("results", {}).get("rows", [])
+        ok = [r for r in rows if r.get("status") == "ok"]
+        bad = [r for r in rows if r.get("status") not in ("ok", "unavailable")]
+        for op in sorted({r.get("op") for r in ok}):
+            mine = [r for r in ok if r.get("op") == op]
+            text = (f"kernels {run['run']} {op}: {len(mine)} cases, {_range([r.get('speedup_vs_eager') for r in mine], '.2f')}x "
+                    f"eager, {_range([r.get('pct_of_copy') for r in mine], '.0f')}% of copy bandwidth")
+            if any(r.get("speedup_vs_compile") is not None for r in mine):
+                text += f", {_range([r.get('speedup_vs_compile') for r in mine], '.2f')}x torch.compile"
+            lines.append(text)
+        if bad:
+            lines.append(f"kernels {run['run']}: {len(bad)} case(s) WRONG or failed (see kernels.md)")
     try:
         with open(os.path.join(out_dir, "models.json")) as f:
             models = json.load(f)
     except (OSError, ValueError):
-        return ["models.json: missing (the model step did not write it)"]
-    lines = []
+        return lines + ["models.json: missing (the model step did not write it)"]
     for r in models.get("eval", []):
         if r.get("speedup_vs_eager") is not None:
             lines.append(f"eval {r['model']}: swapped {r['speedup_vs_eager']:.2f}x eager")
@@ -257,14 +315,15 @@ def report(out_dir: str, tsv_path: str) -> str:
         json.dump({"date": date, "card": card, "commit": commit, "total_limit_s": TOTAL_LIMIT_S,
                    "total_budget_s": total_budget_s(), "steps": steps}, f, indent=1)
     table = as_table(measured)
+    headlines = _headlines(out_dir)
     text = (f"# GPU check on {card} ({date})\n\n"
             f"- Commit: {commit}; `bash scripts/gpu_check.sh` (plan: scripts/gpu_check_plan.py).\n"
             f"- Files: " + ", ".join(f"`{k}` ({v})" for k, v in OUT_FILES.items()) + ".\n\n"
             "## Steps\n\n" + table + "\n## Headlines\n\n"
-            + "".join(f"- {line}\n" for line in _headlines(out_dir)))
+            + "".join(f"- {line}\n" for line in headlines))
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(text)
-    return table
+    return as_table(measured, why=False) + "\n" + "".join(f"- {line}\n" for line in headlines)
 
 
 def main(argv: List[str]) -> int:

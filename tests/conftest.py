@@ -50,7 +50,7 @@ def assert_close(actual, expected, dtype=None):
 # already runs. Applied here at collection, from what the item is:
 #   - marked `cuda` explicitly (for what the rules below cannot see, e.g. a case that uses a second device kind);
 #   - "cuda" in the test's name (test_cuda_matches_cpu, test_gradscaler_training_cuda);
-#   - a parameter (any fixture or argument) that is a CUDA device or a tuple holding one, or "cuda" in its id;
+#   - a parameter (any fixture or argument) that is or holds a CUDA device or tensor, or "cuda" in its id;
 #   - a skipif/skip mark whose reason names CUDA ("needs CUDA": a CUDA-only test, also where it is skipped);
 #   - no device parameter at all, and a body that asks for CUDA (torch.cuda.is_available(), .cuda(),
 #     device="cuda"): a CPU test with extra CUDA cases where a GPU is present.
@@ -59,12 +59,17 @@ _CUDA_IN_BODY = re.compile(r"torch\.cuda\.is_available\(\)|\.cuda\(|device=[\"']
 
 
 def _device_kind(value):
-    """'cuda', 'cpu' or None (not a device) for a parameter value; tuples/lists: cuda if any element is."""
+    """'cuda', 'cpu' or None (no device) for a parameter value: a device, a device string or a tensor; tuples,
+    lists and dicts: cuda if any element is."""
+    if isinstance(value, dict):
+        value = list(value.values())
     if isinstance(value, (tuple, list)):
         kinds = {_device_kind(v) for v in value}
         return "cuda" if "cuda" in kinds else ("cpu" if "cpu" in kinds else None)
+    if isinstance(value, torch.Tensor):
+        value = value.device
     if isinstance(value, torch.device):
-        return value.type
+        return value.type if value.type in ("cpu", "cuda") else None
     if isinstance(value, str) and re.fullmatch(r"(cuda|cpu)(:\d+)?", value):
         return value.split(":")[0]
     return None
