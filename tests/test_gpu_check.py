@@ -229,7 +229,9 @@ def test_sanitizer_workload_runs_on_the_cpu():
 # The `cuda` marker
 
 
-# (The tests of the marker keep "cuda" out of their names and parameters: they are CPU tests.)
+# (The tests of the marker keep "cuda" out of their names, parameters and calls: they are CPU tests, which the
+# GPU check's `pytest -m cuda` need not run.)
+HAS_GPU = torch.cuda.is_available()
 DEVICE_KINDS = [
     ("cuda", "cuda"), ("cuda:1", "cuda"), (torch.device("cuda"), "cuda"), (("cuda", torch.float16), "cuda"),
     ("cpu", "cpu"), (torch.device("cpu"), "cpu"), (("cpu", torch.bfloat16), "cpu"), (torch.zeros(1), "cpu"),
@@ -298,7 +300,7 @@ def test_marker_selects_the_gpu_tests_and_no_cpu_test(tmp_path):
              "test_cuda_op_runs_on_the_current_stream", "test_cuda_threads_with_their_own_streams",
              "test_gradscaler_training_cuda", "test_cuda_misaligned_storage_offset"}
     assert known <= {row["id"].split("::")[-1].split("[")[0] for row in marked}
-    if not torch.cuda.is_available():
+    if not HAS_GPU:
         # Here `pytest -m cuda` runs next to nothing: only CPU tests with an extra CUDA branch, which they skip.
         runs_here = [row for row in marked if not row["skipped"]]
         assert len(runs_here) <= 5 and all(row["cuda_in_source"] for row in runs_here), runs_here
