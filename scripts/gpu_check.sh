@@ -1,78 +1,108 @@
 #!/usr/bin/env bash
-# The project's one-call GPU check (see README, "GPU check"): build with the CUDA kernels, run the whole test
-# suite (CUDA cases run wherever torch.cuda.is_available()), run the benchmarks, and a compute-sanitizer
-# memcheck of the kernels. Logs go to $OUT (at most 8 files come back from the device machine).
-# Run from the repository root:  bash scripts/gpu_check.sh
+# The one-call GPU check (README, "GPU check"): build for the present card, the CUDA tests, compute-sanitizer
+# memcheck and racecheck, the kernel benchmarks and the model benchmark, in under 8 minutes on an H100/H200 with
+# 16 cores. The steps, their commands and their time budgets live in scripts/gpu_check_plan.py (one place, which
+# tests/test_gpu_check.py reads); this script runs them in order, each under `timeout`, and prints one line per
+# step with its wall time. A failed build skips the rest; any other failure or timeout goes on to the next step.
+#
+#   bash scripts/gpu_check.sh             # from the repository root, on the GPU machine
+#   bash scripts/gpu_check.sh --dry-run   # (or GPU_CHECK_DRY_RUN=1) print the plan; runs nothing, needs no GPU
+#
+# Everything that comes back is under $OUT (default ./gpu_out; at most 8 files, listed by the dry run), ready to
+# commit as benchmarks/results/<date>-<card>/. Scratch (build log, bench folders) goes to $WORK (default a fresh
+# temporary folder). GPU_CHECK_COMMIT names the commit where the tree has no .git (the device machine's copy).
 set -u -o pipefail
+cd "$(dirname "$0")/.." || exit 2
+
+DRY="${GPU_CHECK_DRY_RUN:-0}"
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$arg' (--dry-run, --help)" >&2; exit 2 ;;
+  esac
+done
+
+PLAN="${GPU_CHECK_PLAN:-scripts/gpu_check_plan.py}"  # another plan: tests run this runner on stand-in steps
+plan="$(python3 "$PLAN" bash)" || { echo "gpu_check.sh: cannot read the plan $PLAN" >&2; exit 2; }
+eval "$plan"
+
 OUT="${OUT:-$PWD/gpu_out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY="python3 -P"  # -P: never import the source tree's pyfastblocks (it has no compiled _C) instead of the installed one
+NPROC="$(nproc 2> /dev/null || echo 1)"
+WORKERS=$(( NPROC / 2 )); [ "$WORKERS" -gt 8 ] && WORKERS=8; [ "$WORKERS" -lt 1 ] && WORKERS=1
+PY="python3 -P"  # -P: import the installed pyfastblocks, never the uncompiled source folder
+SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2> /dev/null | head -n 1)"
+GPU_CHECK_COMMIT="${GPU_CHECK_COMMIT:-$(git rev-parse --short HEAD 2> /dev/null || echo unknown)}"
+total_budget=0
+for b in "${STEP_BUDGETS[@]}"; do total_budget=$(( total_budget + b )); done
+n_steps=${#STEP_IDS[@]}
+
+if [ "$DRY" = 1 ]; then
+  echo "gpu_check.sh --dry-run: the plan ($PLAN); nothing is run"
+  echo "variables: PY='$PY' OUT='$OUT' WORK=<fresh temporary folder> NPROC=$NPROC WORKERS=$WORKERS" \
+       "SANITIZER='${SANITIZER:-not found here}' GPU_CHECK_COMMIT=$GPU_CHECK_COMMIT"
+  elapsed=0
+  for i in "${!STEP_IDS[@]}"; do
+    elapsed=$(( elapsed + STEP_BUDGETS[i] ))
+    echo
+    echo "=== [$(( i + 1 ))/$n_steps] ${STEP_IDS[i]}: ${STEP_TITLES[i]} -- budget ${STEP_BUDGETS[i]} s" \
+         "(by ${elapsed} s)$([ "${STEP_REQUIRED[i]}" = 1 ] && echo '; the rest is skipped if it fails')"
+    echo "would run, under timeout -k $KILL_AFTER_S ${STEP_BUDGETS[i]}:"
+    printf '%s\n' "${STEP_COMMANDS[i]}" | sed -e '/^$/d' -e 's/^/    /'
+    [ -n "${STEP_AFTER[i]}" ] && echo "then, whatever its outcome:" && echo "    ${STEP_AFTER[i]}"
+  done
+  echo
+  echo "planned total: ${total_budget} s of the ${TOTAL_LIMIT_S} s limit (at worst ${WORST_CASE_S} s:" \
+       "every step killed at its budget, ${KILL_AFTER_S} s each to die)"
+  echo "files under \$OUT (${#OUT_FILES[@]} of at most 8): ${OUT_FILES[*]}"
+  [ "$WORST_CASE_S" -lt "$TOTAL_LIMIT_S" ] || { echo "the plan exceeds the limit" >&2; exit 1; }
+  exit 0
+fi
+
+mkdir -p "$OUT" || exit 2
+WORK="${WORK:-$(mktemp -d /tmp/gpu_check.XXXXXX)}"
+mkdir -p "$WORK"
 LOG="$OUT/gpu_check.log"
-step() { echo "=== $* ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
+STEPS_TSV="$WORK/steps.tsv"
+: > "$LOG"; : > "$STEPS_TSV"
+export PY OUT WORK NPROC WORKERS SANITIZER GPU_CHECK_COMMIT PLAN
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1  # output in order, no progress bars in the log
 
-step environment
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
-  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-  git log -1 --format='commit %H %s' 2>/dev/null || true; } 2>&1 | tee -a "$LOG"
-
-step build
-if ! MAX_JOBS=16 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
-    python3 -m pip install --no-build-isolation --no-deps -v . > /tmp/gpu_build.log 2>&1; then
-  tail -60 /tmp/gpu_build.log | tee -a "$LOG"; exit 1
-fi
-grep -E "ptxas|warning" /tmp/gpu_build.log | head -40 >> "$LOG"
-$PY -c "import pyfastblocks; print(pyfastblocks.build_info())" 2>&1 | tee -a "$LOG"
-
-QUICK="${GPU_CHECK_QUICK:-0}"  # 1: build, tests, benchmarks and memcheck only
-
-if [ "$QUICK" != 1 ]; then
-step "mixed-device errors"
-for c in residual_cuda scale_cuda x_cuda scale_cpu; do
-  timeout 60 $PY scripts/repro_mixed_device.py $c 2>&1 | tail -4 | tee -a "$LOG"
-  if [ "${PIPESTATUS[0]}" -gt 128 ] && command -v cuda-gdb > /dev/null; then
-    timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 -P scripts/repro_mixed_device.py $c 2>&1 | grep -E "^#|signal" | head -30 | tee -a "$LOG"
+say() { echo "$*" | tee -a "$LOG"; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }  # seconds since a now() reading
+t_start=$(now)
+say "gpu_check.sh: ${n_steps} steps, planned ${total_budget} s (limit ${TOTAL_LIMIT_S} s); results in $OUT, scratch in $WORK"
+skip_rest=""
+for i in "${!STEP_IDS[@]}"; do
+  id="${STEP_IDS[i]}"; budget="${STEP_BUDGETS[i]}"
+  say ""
+  say "=== [$(( i + 1 ))/$n_steps] $id: ${STEP_TITLES[i]} -- budget ${budget} s ($(date -u +%H:%M:%S) UTC)"
+  if [ -n "$skip_rest" ]; then
+    say "--- [$(( i + 1 ))/$n_steps] $id: SKIPPED ($skip_rest)"
+    printf '%s\t%s\t%s\t%s\n' "$id" -1 0 "skipped ($skip_rest)" >> "$STEPS_TSV"
+    continue
   fi
-done
-fi
-
-step tests
-# -n 4 (pytest-xdist, where installed): a crashing test takes down one worker, not the run.
-XDIST=""; $PY -c "import xdist" 2> /dev/null && XDIST="-n 4"  # pytest-xdist may be absent there
-timeout 270 $PY -m pytest -q $XDIST -rs tests > "$OUT/tests.log" 2>&1
-tail -15 "$OUT/tests.log" | tee -a "$LOG"
-
-if [ "$QUICK" != 1 ]; then
-  step "host overhead"
-  timeout 60 $PY scripts/overhead_add_relu.py 2>&1 | tee -a "$LOG"
-fi
-
-step "benchmark kernels (fp16/bf16 channels_last)"
-timeout 150 $PY -m pyfastblocks.bench --sections kernels --out /tmp/bench_kernels 2>&1 | grep -v "it/s" | tail -40 | tee -a "$LOG"
-step "benchmark depthwise fp32 NCHW"
-timeout 90 $PY -m pyfastblocks.bench --sections kernels --ops depthwise_conv2d --dtype fp32 --layout nchw \
-  --no-compile --out /tmp/bench_depthwise_fp32 2>&1 | grep -v "it/s" | tail -25 | tee -a "$LOG"
-[ -f /tmp/bench_depthwise_fp32/results.md ] && cp /tmp/bench_depthwise_fp32/results.md "$OUT/bench_depthwise_fp32.md"
-if [ "$QUICK" != 1 ]; then
-  step "benchmark models (quick: small batch, not compiled)"
-  timeout 120 $PY -m pyfastblocks.bench --quick --sections models --out /tmp/bench_models 2>&1 | grep -v "it/s" | tail -20 | tee -a "$LOG"
-fi
-for d in bench_kernels bench_models; do
-  [ -f /tmp/$d/results.json ] && cp /tmp/$d/results.json "$OUT/$d.json"
-  [ -f /tmp/$d/results.md ] && cp /tmp/$d/results.md "$OUT/$d.md"
+  t0=$(now)
+  timeout -k "$KILL_AFTER_S" "$budget" bash -c "${STEP_COMMANDS[i]}" 2>&1 | tee -a "$LOG"
+  status=${PIPESTATUS[0]}
+  wall=$(since "$t0")
+  case "$status" in
+    0) outcome="ok" ;;
+    124|137) outcome="TIMEOUT (killed at ${budget} s)" ;;
+    *) outcome="FAILED (exit $status)" ;;
+  esac
+  if [ -n "${STEP_AFTER[i]}" ]; then bash -c "${STEP_AFTER[i]}" 2>&1 | tee -a "$LOG"; fi
+  say "--- [$(( i + 1 ))/$n_steps] $id: $outcome in ${wall} s of ${budget} s"
+  printf '%s\t%s\t%s\t%s\n' "$id" "$status" "$wall" "$outcome" >> "$STEPS_TSV"
+  if [ "$status" != 0 ] && [ "${STEP_REQUIRED[i]}" = 1 ]; then skip_rest="$id failed"; fi
 done
 
-step "compute-sanitizer memcheck (+ racecheck)"
-if command -v compute-sanitizer > /dev/null; then
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY scripts/sanitizer_workload.py 2>&1 | tail -15 | tee -a "$LOG"
-  if [ "$QUICK" != 1 ]; then
-    timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 $PY scripts/sanitizer_workload.py 2>&1 | tail -8 | tee -a "$LOG"
-  fi
-fi
-step "nsight compute"
-if [ "$QUICK" != 1 ] && command -v ncu > /dev/null; then
-  timeout 150 ncu --clock-control none -k regex:add_relu_forward --section SpeedOfLight --section Occupancy \
-    --section LaunchStats $PY scripts/profile_add_relu.py > "$OUT/ncu.log" 2>&1
-  grep -E "add_relu_forward|Memory Throughput|DRAM Throughput|Duration|Achieved Occupancy|Registers Per|Compute \(SM\)" "$OUT/ncu.log" | head -60 | tee -a "$LOG"
-fi
-step done
+GPU_CHECK_CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -n 1)"
+export GPU_CHECK_CARD="${GPU_CHECK_CARD:-unknown card}"
+say ""
+say "=== summary ($(since "$t_start") s in all)"
+python3 "$PLAN" report "$OUT" "$STEPS_TSV" 2>&1 | tee -a "$LOG"
+slug="$(echo "$GPU_CHECK_CARD" | tr '[:upper:]' '[:lower:]' | sed -e 's/nvidia //' -e 's/[^a-z0-9]\+/-/g' -e 's/^-//' -e 's/-$//')"
+say "files under $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+say "commit them as benchmarks/results/$(date -u +%Y-%m-%d)-${slug}/"

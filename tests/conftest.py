@@ -1,5 +1,7 @@
 """Shared test helpers: devices, dtypes, tolerances and layouts. Every CUDA case runs wherever CUDA is available."""
 import contextlib
+import inspect
+import re
 
 import pytest
 import torch
@@ -40,6 +42,66 @@ def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
 def assert_close(actual, expected, dtype=None):
     dtype = dtype or actual.dtype
     torch.testing.assert_close(actual.double(), expected.double(), **TOLERANCES[dtype])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The `cuda` marker: every test item that runs CUDA code, so that the GPU check (scripts/gpu_check.sh) runs
+# `pytest -m cuda` (CUDA vs CPU, GPU vs emulator, large tensors, streams, mixed devices) and not the CPU suite CI
+# already runs. Applied here at collection, from what the item is:
+#   - marked `cuda` explicitly (for what the rules below cannot see, e.g. a case that uses a second device kind);
+#   - "cuda" in the test's name (test_cuda_matches_cpu, test_gradscaler_training_cuda);
+#   - a parameter (any fixture or argument) that is or holds a CUDA device or tensor, or "cuda" in its id;
+#   - a skipif/skip mark whose reason names CUDA ("needs CUDA": a CUDA-only test, also where it is skipped);
+#   - no device parameter at all, and a body that asks for CUDA (torch.cuda.is_available(), .cuda(),
+#     device="cuda"): a CPU test with extra CUDA cases where a GPU is present.
+# A test parametrized with a CPU device (and nothing CUDA) is a CPU test, whatever its body says.
+_CUDA_IN_BODY = re.compile(r"torch\.cuda\.is_available\(\)|\.cuda\(|device=[\"']cuda")
+
+
+def _device_kind(value):
+    """'cuda', 'cpu' or None (no device) for a parameter value: a device, a device string or a tensor; tuples,
+    lists and dicts: cuda if any element is."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        kinds = {_device_kind(v) for v in value}
+        return "cuda" if "cuda" in kinds else ("cpu" if "cpu" in kinds else None)
+    if isinstance(value, torch.Tensor):
+        value = value.device
+    if isinstance(value, torch.device):
+        return value.type if value.type in ("cpu", "cuda") else None
+    if isinstance(value, str) and re.fullmatch(r"(cuda|cpu)(:\d+)?", value):
+        return value.split(":")[0]
+    return None
+
+
+def runs_on_cuda(item) -> bool:
+    """Whether a collected test item runs CUDA code (see the rules above)."""
+    if item.get_closest_marker("cuda") is not None:
+        return True
+    if "cuda" in getattr(item, "originalname", item.name).lower():
+        return True
+    callspec = getattr(item, "callspec", None)
+    kinds = {_device_kind(v) for v in callspec.params.values()} if callspec is not None else set()
+    if "cuda" in kinds or (callspec is not None and re.search(r"(^|[-_\[])cuda", callspec.id)):
+        return True
+    for mark in list(item.iter_markers("skipif")) + list(item.iter_markers("skip")):
+        texts = [mark.kwargs.get("reason", "")] + [a for a in mark.args if isinstance(a, str)]
+        if any("cuda" in str(t).lower() for t in texts):
+            return True
+    if "cpu" in kinds:
+        return False
+    try:
+        source = inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return bool(_CUDA_IN_BODY.search(source))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if runs_on_cuda(item):
+            item.add_marker(pytest.mark.cuda)
 
 
 def pytest_report_header(config):

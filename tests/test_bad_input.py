@@ -283,7 +283,8 @@ def _case_params(filter_fn=lambda c: True):
         for case in CASES:
             if not filter_fn(case):
                 continue
-            marks = []
+            # A CPU-device case that needs a second device kind or GPU uses CUDA tensors: a CUDA test too.
+            marks = [pytest.mark.cuda] if case.needs in ("alt", "cuda2") else []
             if case.needs == "alt" and not (device.startswith("cuda") or torch.cuda.is_available()):
                 marks.append(pytest.mark.skip(reason="needs a second device kind (CUDA)"))
             if case.needs == "cuda2" and not (device.startswith("cuda") and torch.cuda.device_count() > 1):
