@@ -12,10 +12,8 @@ Which kernel a case picks is shown without a GPU:
     python scripts/sanitizer_workload.py --list     # CPU only: each case and the kernels it picks, and the
                                                     # kernels no case picks (exit status 1 if any)
 
-for depthwise_conv2d by the CPU emulator of the tiled programs (pyfastblocks._C._emulate_tiled_depthwise_*, the
-same program choice the CUDA launcher makes), for the epilogue ops (add_relu, branch_concat) by `epilogue_kernels`
-below, which restates the launchers' choice (csrc/cuda/*_kernel.cu: 16-byte packs or scalar, the per-channel
-parameter mode, the elementwise or the reducing backward) and must follow them when they change.
+by the CPU emulators of the CUDA programs (pyfastblocks._C._emulate_*: the same program choice the CUDA launchers
+make, csrc/common/epilogue_programs.h and csrc/common/depthwise_tiled.h), so the list cannot drift from the code.
 """
 import argparse
 import sys
@@ -26,18 +24,26 @@ import torch
 import torch.nn.functional as F
 
 from pyfastblocks import _C, ops
+from pyfastblocks import activations as activation_table
 
-# Activations per op: name -> the op's keyword arguments. The epilogue ops take relu=True/False today; the
-# activation table (DESIGN.md: "silu", "hardswish", "gelu", "leaky_relu", ...) adds one line per activation, e.g.
-# "silu": dict(activation="silu").
+# Activations per op: name -> the op's keyword arguments. The activation changes which memory a kernel touches in
+# three ways only, so one of each is enough for the sanitizers (the arithmetic of every activation is checked on the
+# CPU by the emulator tests): "none" (the backward reads no inputs), a ReLU-like one (the depthwise backward reads
+# the saved output) and one that needs the pre-activation (the depthwise backward recomputes it: one more forward
+# and a masking pass). `--all-activations` runs every entry of the table.
 EPILOGUE_ACTIVATIONS: Dict[str, dict] = {
-    "relu": dict(relu=True),
-    "none": dict(relu=False),
+    "none": dict(activation="none"),
+    "relu": dict(activation="relu"),
+    "silu": dict(activation="silu"),
 }
 DEPTHWISE_ACTIVATIONS: Dict[str, dict] = {
     "none": dict(activation="none"),
-    "relu": dict(activation="relu"),
     "relu6+input_relu": dict(activation="relu6", input_relu=True),
+    "silu": dict(activation="silu"),
+}
+ALL_ACTIVATIONS: Dict[str, dict] = {
+    **{name: dict(activation=name) for name in activation_table.NAMES},
+    "leaky_relu-0.3": dict(activation="leaky_relu", negative_slope=-0.3),
 }
 
 ALL = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -51,9 +57,9 @@ def param_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def make(shape: Sequence[int], layout: str, dtype: torch.dtype, device: str, offset: int = 0,
-         requires_grad: bool = True) -> torch.Tensor:
+         requires_grad: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Random data in the layout, starting `offset` elements into its storage (1: not 16-byte aligned)."""
-    t = torch.randn(tuple(shape), device=device).to(dtype)
+    t = torch.randn(tuple(shape), generator=generator).to(device, dtype)
     if layout == "channels_last" and len(shape) == 4:
         t = t.contiguous(memory_format=torch.channels_last)
     if offset:
@@ -65,14 +71,14 @@ def make(shape: Sequence[int], layout: str, dtype: torch.dtype, device: str, off
 
 
 # ------------------------------------------------------------------------------------------------------------
-# add_relu and branch_concat
+# add_act and branch_concat
 
 
 @dataclass(frozen=True)
 class Epilogue:
-    """add_relu(x, residual, scale, bias) or branch_concat(inputs, scale, bias), forward and backward.
+    """add_act(x, residual, scale, bias) or branch_concat(inputs, scale, bias), forward and backward.
 
-    channels: (C,) for add_relu, the branches' channel counts for branch_concat; spatial: (H, W), or () for
+    channels: (C,) for add_act, the branches' channel counts for branch_concat; spatial: (H, W), or () for
     [N, C]; params: which of scale/bias are passed; grads: which of them want gradients (any: the reducing
     backward; none: the elementwise one); offset: every input and the output gradient start this many elements
     into their storage (1: the scalar kernels)."""
@@ -94,89 +100,61 @@ class Epilogue:
     def activations(self) -> Dict[str, dict]:
         return EPILOGUE_ACTIVATIONS
 
-    def run(self, dtype: torch.dtype, activation: dict, device: str) -> None:
+    def tensors(self, dtype: torch.dtype, device: str):
         shape = lambda c: (self.batch, c, *self.spatial)  # noqa: E731
-        xs = [make(shape(c), self.layout, dtype, device, self.offset) for c in self.channels]
+        g = torch.Generator().manual_seed(0)
+        xs = [make(shape(c), self.layout, dtype, device, self.offset, generator=g) for c in self.channels]
         total = sum(self.channels)
         pdt = param_dtype(dtype)
-        scale = (torch.rand(total, device=device, dtype=pdt) + 0.5) if "scale" in self.params else None
-        bias = torch.randn(total, device=device, dtype=pdt) if "bias" in self.params else None
+        scale = (torch.rand(total, generator=g) + 0.5).to(device, pdt) if "scale" in self.params else None
+        bias = torch.randn(total, generator=g).to(device, pdt) if "bias" in self.params else None
         if scale is not None and self.grads == "all":
             scale.requires_grad_()
         if bias is not None and self.grads in ("all", "bias"):
             bias.requires_grad_()
-        if self.op == "add_relu":
-            residual = make(shape(total), self.layout, dtype, device, self.offset)
-            y = ops.add_relu(xs[0], residual, scale, bias, **activation)
+        residual = make(shape(total), self.layout, dtype, device, self.offset, generator=g) if self.op == "add_act" \
+            else None
+        grad = make(shape(total), self.layout if total > 1 else NCHW, dtype, device, self.offset, requires_grad=False,
+                    generator=g)
+        return xs, residual, scale, bias, grad
+
+    def run(self, dtype: torch.dtype, activation: dict, device: str) -> None:
+        xs, residual, scale, bias, grad = self.tensors(dtype, device)
+        if self.op == "add_act":
+            y = ops.add_act(xs[0], residual, scale, bias, **activation)
         else:
             y = ops.branch_concat(xs, scale, bias, **activation)
-        y.backward(make(y.shape, self.layout, dtype, device, self.offset, requires_grad=False))
+        y.backward(grad)
 
 
 def epilogue_kernels(case: Epilogue, dtype: torch.dtype) -> List[str]:
-    """The kernels the case launches on CUDA (forward, then backward), as csrc/cuda/add_relu_kernel.cu,
-    branch_concat_kernel.cu and epilogue_backward_kernel.cu choose them: 16-byte packs (VEC = 16 / element size)
-    when every pointer is 16-byte aligned (fresh allocations are; an offset is not) and, for branch_concat and
-    the reducing backward, the packs stay within a branch / plane; the per-channel parameter mode of the
-    elementwise kernels (epilogue.cuh: pick_channel_mode)."""
-    wide = 16 // torch.empty((), dtype=dtype).element_size()
-    aligned = case.offset == 0
-    channels_last = case.layout == "channels_last" and len(case.spatial) == 2
-    run = 1
-    if not channels_last:
-        for s in case.spatial:
-            run *= s
-    total = sum(case.channels)
-    scale, bias = "scale" in case.params, "bias" in case.params
-    want_scale = scale and case.grads == "all"
-    want_bias = bias and case.grads in ("all", "bias")
-
-    def mode(vec: int, with_scale: bool, with_bias: bool) -> str:
-        if not (with_scale or with_bias):
-            return "none"
-        if run % vec == 0:
-            return "per_pack"
-        if run == 1 and total % vec == 0:
-            return "row_vector"
-        return "per_element"
-
-    if case.op == "add_relu":
-        vec = wide if aligned else 1
-    else:  # every branch segment (C_i * run) a whole number of packs
-        vec = wide if aligned and all(c * run % wide == 0 for c in case.channels) else 1
-    kernels = [f"{case.op}_forward vec{vec} {mode(vec, scale, bias)}"]
-    if not (want_scale or want_bias):
-        if case.op == "add_relu":  # grad_x only when there is a scale; the output gradient carries the offset
-            kernels.append(f"add_relu_backward_elementwise vec{vec} {mode(vec, scale, False)}")
+    """The programs the case launches on CUDA (forward, then backward), from the CPU emulator of the epilogue
+    programs, called with what autograd hands the backward op (the inputs, which gradients are wanted)."""
+    with torch.no_grad():
+        xs, residual, scale, bias, grad = case.tensors(dtype, "cpu")
+        want_params = any(p is not None and p.requires_grad for p in (scale, bias))
+        if case.op == "add_act":
+            _, forward = _C._emulate_add_act(xs[0], residual, scale, bias, "relu", 0.01)
+            *_, backward = _C._emulate_add_act_backward(grad, xs[0], residual, scale, bias, "relu", 0.01, want_params)
         else:
-            kernels.append(f"branch_concat_backward vec{vec} {mode(vec, scale, False)}")
-        return kernels
-    has_x = want_scale  # x is read only for the gradient of scale
-    write_gx = scale or case.op == "branch_concat"  # branch_concat always returns each input's gradient
-    rvec = wide if aligned else 1  # grad_out carries the offset; saved inputs (has_x) too
-    if run > 1:
-        rvec = rvec if run % wide == 0 else 1
-        kind = "planes"
-    else:
-        rvec = rvec if all(c % wide == 0 for c in case.channels) else 1
-        kind = "rows"
-    kernels.append(f"epilogue_backward_{kind} vec{rvec} x={int(has_x)} grad_x={int(write_gx)}")
-    return kernels
+            _, forward = _C._emulate_branch_concat(xs, scale, bias, "relu", 0.01)
+            *_, backward = _C._emulate_branch_concat_backward(grad, list(case.channels), xs, scale, bias, "relu", 0.01,
+                                                               want_params)
+    return forward + backward
 
 
 def expected_epilogue_kernels() -> List[str]:
-    """What the epilogue cases must reach between them (per dtype): forward and elementwise backward with and
-    without 16-byte packs, each parameter mode; the reducing backward over planes (NCHW) and rows
-    (channels_last, [N, C]) with and without packs, with and without x and grad_x."""
+    """What the epilogue cases must reach between them, per dtype: forwards and elementwise backwards with and
+    without 16-byte packs, each per-channel parameter mode a width allows; the reducing backward over planes (NCHW)
+    and rows (channels_last, [N, C]) with and without packs; the finish."""
     names = []
-    for op in ("add_relu_forward", "branch_concat_forward", "add_relu_backward_elementwise", "branch_concat_backward"):
-        names += [f"{op} vec1 none", f"{op} vec1 per_pack", f"{op} vecW none", f"{op} vecW per_pack",
-                  f"{op} vecW row_vector", f"{op} vecW per_element"]
-    for kind in ("planes", "rows"):
-        for vec in ("vec1", "vecW"):
-            names += [f"epilogue_backward_{kind} {vec} x=1 grad_x=1", f"epilogue_backward_{kind} {vec} x=0 grad_x=1",
-                      f"epilogue_backward_{kind} {vec} x=0 grad_x=0"]
-    return names
+    for dtype in ALL:
+        t, wide = NAMES[dtype], 16 // torch.empty((), dtype=dtype).element_size()
+        for program in ("add_act_forward", "branch_concat_forward", "add_act_backward", "branch_concat_backward"):
+            names += [f"{program}<{t},vec1,none>", f"{program}<{t},vec1,per_pack>"]
+            names += [f"{program}<{t},vec{wide},{mode}>" for mode in ("none", "per_pack", "row_vector", "per_element")]
+        names += [f"{kind}_reduce<{t},vec{vec}>" for kind in ("planes", "rows") for vec in (1, wide)]
+    return names + ["reduce_finish<float>", "reduce_finish<double>"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -265,30 +243,30 @@ def expected_depthwise_kernels() -> List[str]:
 E, D = Epilogue, Depthwise
 CL, NCHW = "channels_last", "nchw"
 CASES = [
-    # add_relu: 16-byte packs with each parameter mode (run 16: per pack; channels_last C 16: a row vector;
+    # add_act: 16-byte packs with each parameter mode (run 16: per pack; channels_last C 16: a row vector;
     # run 35: per element, and a tail of numel % VEC), no parameters, scalar (offset 1); reducing backward over
     # planes and rows, with and without x (the gradient of scale) and grad_x; elementwise backward.
-    E("add_relu", (16,), (4, 4), NCHW),
-    E("add_relu", (16,), (4, 4), NCHW, grads="none"),
-    E("add_relu", (16,), (4, 4), NCHW, params="none"),
-    E("add_relu", (16,), (4, 4), NCHW, params="scale"),
-    E("add_relu", (16,), (4, 4), NCHW, grads="bias"),
-    E("add_relu", (16,), (4, 4), NCHW, params="bias"),
-    E("add_relu", (16,), (3, 3), CL),
-    E("add_relu", (16,), (3, 3), CL, grads="none"),
-    E("add_relu", (16,), (3, 3), CL, params="bias"),
-    E("add_relu", (16,), (3, 3), CL, grads="bias"),
-    E("add_relu", (16,), (), NCHW),
-    E("add_relu", (5,), (5, 7), NCHW),
-    E("add_relu", (5,), (5, 7), NCHW, grads="none"),
-    E("add_relu", (5,), (5, 7), NCHW, grads="bias"),
-    E("add_relu", (5,), (3, 3), CL, grads="none"),
-    E("add_relu", (5,), (3, 3), CL, params="bias"),
-    E("add_relu", (5,), (7, 3), NCHW, offset=1),
-    E("add_relu", (5,), (7, 3), NCHW, grads="none", offset=1),
-    E("add_relu", (5,), (7, 3), NCHW, params="bias", offset=1),
-    E("add_relu", (5,), (7, 3), CL, params="none", offset=1),
-    E("add_relu", (6,), (3, 3), CL, grads="bias", offset=1),
+    E("add_act", (16,), (4, 4), NCHW),
+    E("add_act", (16,), (4, 4), NCHW, grads="none"),
+    E("add_act", (16,), (4, 4), NCHW, params="none"),
+    E("add_act", (16,), (4, 4), NCHW, params="scale"),
+    E("add_act", (16,), (4, 4), NCHW, grads="bias"),
+    E("add_act", (16,), (4, 4), NCHW, params="bias"),
+    E("add_act", (16,), (3, 3), CL),
+    E("add_act", (16,), (3, 3), CL, grads="none"),
+    E("add_act", (16,), (3, 3), CL, params="bias"),
+    E("add_act", (16,), (3, 3), CL, grads="bias"),
+    E("add_act", (16,), (), NCHW),
+    E("add_act", (5,), (5, 7), NCHW),
+    E("add_act", (5,), (5, 7), NCHW, grads="none"),
+    E("add_act", (5,), (5, 7), NCHW, grads="bias"),
+    E("add_act", (5,), (3, 3), CL, grads="none"),
+    E("add_act", (5,), (3, 3), CL, params="bias"),
+    E("add_act", (5,), (7, 3), NCHW, offset=1),
+    E("add_act", (5,), (7, 3), NCHW, grads="none", offset=1),
+    E("add_act", (5,), (7, 3), NCHW, params="bias", offset=1),
+    E("add_act", (5,), (7, 3), CL, params="none", offset=1),
+    E("add_act", (6,), (3, 3), CL, grads="bias", offset=1),
     # branch_concat: the same paths over a branch table; branches whose segments are not whole packs (3, 5, 7
     # channels), an empty branch, 16 branches (the table's limit), one input (affine_relu).
     E("branch_concat", (8, 16, 8), (4, 4), NCHW),
@@ -344,15 +322,11 @@ CASES = [
 
 
 def kernels_of(case, dtype: torch.dtype) -> List[str]:
-    if isinstance(case, Epilogue):
-        wide = 16 // torch.empty((), dtype=dtype).element_size()
-        return [f"{k.replace(f'vec{wide} ', 'vecW ')} <{NAMES[dtype]}>" for k in epilogue_kernels(case, dtype)]
-    return depthwise_kernels(case, dtype)
+    return epilogue_kernels(case, dtype) if isinstance(case, Epilogue) else depthwise_kernels(case, dtype)
 
 
 def expected_kernels() -> List[str]:
-    names = [f"{k} <{NAMES[dtype]}>" for dtype in ALL for k in expected_epilogue_kernels()]
-    return names + expected_depthwise_kernels()
+    return expected_epilogue_kernels() + expected_depthwise_kernels()
 
 
 def list_cases() -> int:
@@ -370,14 +344,15 @@ def list_cases() -> int:
     return len(missing)
 
 
-def run_all(device: str, only: Optional[str] = None, one_activation: bool = False) -> int:
+def run_all(device: str, only: Optional[str] = None, one_activation: bool = False,
+            all_activations: bool = False) -> int:
     torch.manual_seed(0)
     runs = 0
     for case in CASES:
         if only and only not in case.label():
             continue
         for dtype in case.dtypes:
-            activations = list(case.activations().items())
+            activations = list((ALL_ACTIVATIONS if all_activations else case.activations()).items())
             for name, activation in activations[:1] if one_activation else activations:
                 try:
                     case.run(dtype, activation, device)
@@ -399,10 +374,12 @@ def main(argv=None) -> int:
     p.add_argument("--one-activation", action="store_true",
                    help="only the first activation of each op (racecheck: shared-memory accesses do not depend on "
                         "the activation, and racecheck is slow on the tiled programs)")
+    p.add_argument("--all-activations", action="store_true", help="every activation of the table (default: one of "
+                   "each kind of memory access)")
     args = p.parse_args(argv)
     if args.list:
         return 1 if list_cases() else 0
-    return run_all(args.device, args.only, args.one_activation)
+    return run_all(args.device, args.only, args.one_activation, args.all_activations)
 
 
 if __name__ == "__main__":

@@ -213,7 +213,8 @@ def test_sanitizer_workload_picks_every_kernel():
     assert "not picked by any case: none" in r.stdout
     for name in ("nhwc_forward<half,vec8,5x5s2>", "nchw_input_grad<bfloat16,dynamic>", "param_grad_finish",
                  "nhwc_forward<float,vec1,dynamic>", "generic_param_grad<double>",
-                 "epilogue_backward_rows vec1 x=0 grad_x=1 <half>", "branch_concat_forward vecW per_element <float>"):
+                 "rows_reduce<half,vec1>", "branch_concat_forward<float,vec4,per_element>",
+                 "add_act_backward<bfloat16,vec8,row_vector>", "planes_reduce<double,vec2>", "reduce_finish<double>"):
         assert name in r.stdout, name
 
 

@@ -818,8 +818,8 @@ inline int64_t reduce_partials(const EpilogueBackwardArgs& a, int vec) {
   return a.view.run == 1 ? RowsReduce<float, 1>::partials_for(a.view, vec) : PlanesReduce<float, 1>::partials_for(a.view, vec);
 }
 
-// The backward: the elementwise program, or the reducing program and ReduceFinish (f called twice). The
-// workspace holds 2 * partials * channels values of the accumulation type (epilogue_backward_workspace).
+// The reducing backward's pack width: 16-byte packs when every tensor is aligned and a pack never straddles a
+// branch (channels-last) or a plane (channels-first).
 template <typename T>
 int backward_vec(const EpilogueBackwardArgs& a) {
   constexpr int kWide = 16 / sizeof(T);
@@ -834,6 +834,8 @@ int backward_vec(const EpilogueBackwardArgs& a) {
   return wide ? kWide : 1;
 }
 
+// The backward: the elementwise program, or the reducing program and ReduceFinish (f called twice). The
+// workspace holds 2 * partials * channels values of the accumulation type (epilogue_backward_workspace).
 inline int64_t epilogue_backward_workspace(const EpilogueBackwardArgs& a) {
   if (!a.reduces()) return 0;
   int64_t elems = 0;
@@ -849,17 +851,29 @@ void with_epilogue_backward_programs(const EpilogueBackwardArgs& a, void* worksp
   with_dtype(a.dtype, [&](auto zero) {
     using T = decltype(zero);
     using acc = acc_t<T>;
+    if (!a.reduces()) {
+      // One branch (add_act, a one-input branch_concat, an activation mask): the flat walk, whose packs may cross
+      // channels (alignment is all it needs); several: branch space, each branch a whole number of packs.
+      if (a.grad_x.count <= 1) {
+        const void* x0 = a.x.count > 0 ? a.x.data[0] : nullptr;
+        const void* gx0 = a.grad_x.count > 0 ? a.grad_x.data[0] : nullptr;
+        with_vec<T>(pick_vec<T>({a.grad_out, x0, a.residual, gx0, a.grad_residual}),
+                    [&](auto vec) { f(AddActBackward<T, decltype(vec)::value>::make(a)); });
+      } else {
+        with_vec<T>(branch_vec<T>(a.grad_x, a.view, {a.grad_out}), [&](auto vec) {
+          bool aligned = true;
+          for (int i = 0; i < a.x.count; ++i) aligned = aligned && aligned16({a.x.data[i]});
+          if (decltype(vec)::value > 1 && !aligned) {
+            f(BranchConcatBackward<T, 1>::make(a));
+          } else {
+            f(BranchConcatBackward<T, decltype(vec)::value>::make(a));
+          }
+        });
+      }
+      return;
+    }
     with_vec<T>(backward_vec<T>(a), [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
-      if (!a.reduces()) {
-        // One branch (add_act, a one-input branch_concat, an activation mask): the flat walk; else branch space.
-        if (a.grad_x.count <= 1) {
-          f(AddActBackward<T, VEC>::make(a));
-        } else {
-          f(BranchConcatBackward<T, VEC>::make(a));
-        }
-        return;
-      }
       int64_t partials = 0;
       if (a.view.run == 1) {
         const auto p = RowsReduce<T, VEC>::make(a, workspace);
