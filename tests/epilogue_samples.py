@@ -92,9 +92,16 @@ def _make_depthwise(dtype, device, layout, seed=0):
     return [x, w, b]
 
 
+def _as_stored(z, dtype):
+    """z as the fused ops keep an intermediate: in the data's dtype for half types (the depthwise backward
+    recomputes the pre-activation into a tensor of x's dtype, as eager's convolution output is; at an activation's
+    kink the rounded value decides the gradient's side)."""
+    return z.to(dtype).double() if dtype in (torch.float16, torch.bfloat16) else z
+
+
 def _depthwise_ref(t, act, slope):
     x, w, b = t
-    return reference_act(F.conv2d(x.double(), w.double(), b.double(), 1, 1, 1, 8), act, slope)
+    return reference_act(_as_stored(F.conv2d(x.double(), w.double(), b.double(), 1, 1, 1, 8), x.dtype), act, slope)
 
 
 def _make_separable(dtype, device, layout, seed=0):
@@ -109,8 +116,8 @@ def _make_separable(dtype, device, layout, seed=0):
 
 def _separable_ref(t, act, slope):
     x, dw, db, pw, pb = t
-    mid = reference_act(F.conv2d(x.double(), dw.double(), db.double(), 2, 1, 1, 4), act, slope)
-    return reference_act(F.conv2d(mid, pw.double(), pb.double()), act, slope)
+    mid = reference_act(_as_stored(F.conv2d(x.double(), dw.double(), db.double(), 2, 1, 1, 4), x.dtype), act, slope)
+    return reference_act(_as_stored(F.conv2d(_as_stored(mid, x.dtype), pw.double(), pb.double()), x.dtype), act, slope)
 
 
 OPS: List[EpilogueOp] = [

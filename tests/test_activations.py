@@ -38,6 +38,21 @@ def _close(got, ref, dtype, factor=1.0):
     torch.testing.assert_close(got.double(), ref, rtol=tol["rtol"] * factor, atol=tol["atol"] * factor * scale)
 
 
+# Activations whose derivative jumps (at 0, 6, -3, 3). The depthwise ops' backward recomputes the pre-activation
+# into a tensor of the data's dtype (as eager's convolution output is), so for float16/bfloat16 an element within
+# rounding of a kink may take the other side's derivative than the float64 reference does: those few elements are
+# allowed to differ (at most KINK_ALLOWANCE of them); everything else is held to the dtype's bound.
+KINKED = {"relu", "relu6", "leaky_relu", "hardswish"}
+KINK_ALLOWANCE = 0.02
+
+
+def _close_but_kinks(got, ref, dtype, factor):
+    tol = TOLERANCES[dtype]
+    scale = max(ref.abs().max().item(), 1.0) if ref.numel() else 1.0
+    bad = (got.double() - ref).abs() > tol["atol"] * factor * scale + tol["rtol"] * factor * ref.abs()
+    assert bad.sum().item() <= max(1, KINK_ALLOWANCE * ref.numel()), f"{bad.sum().item()} of {ref.numel()} differ"
+
+
 def _detached64(tensors):
     return [t.detach().double().requires_grad_() for t in tensors]
 
@@ -71,9 +86,14 @@ def test_backward_matches_float64(device, backend, op_backend, case, dtype, layo
     refs = _detached64(t)
     op.reference(refs, activation, slope).backward(grad.double())
     factor = COMPOSITE_SLACK.get(op.name, 1.0)
+    kinks = activation in KINKED and dtype in (torch.float16, torch.bfloat16) and "conv2d" in op.name
     for i, (got, ref) in enumerate(zip(t, refs)):
         # per-channel parameters and weights: sums over the batch's positions, accumulated in float32
-        _close(got.grad, ref.grad, dtype, factor * (30.0 if i in op.param_positions else 1.0))
+        f = factor * (30.0 if i in op.param_positions else 1.0)
+        if kinks and i not in op.param_positions:
+            _close_but_kinks(got.grad, ref.grad, dtype, f)
+        else:
+            _close(got.grad, ref.grad, dtype, f)
 
 
 @pytest.mark.parametrize("case", ACTIVATION_CASES, ids=act_id)

@@ -15,6 +15,14 @@
 
 namespace fastblocks {
 
+// Activation code is always inlined into the loops that call it: a call per vector (with vector arguments passed
+// through memory) would cost more than the activation itself.
+#if defined(__CUDACC__)
+#define FASTBLOCKS_ACT_INLINE C10_HOST_DEVICE __forceinline__
+#else
+#define FASTBLOCKS_ACT_INLINE C10_ALWAYS_INLINE
+#endif
+
 // The scalar primitives the activations are written in (float and double; cpu/vec_math.h specializes ActMath for
 // at::vec::Vectorized). Comparisons are the value type's own operators (bool for scalars, a lane mask for vectors).
 template <typename V>
@@ -28,6 +36,7 @@ struct ScalarActMath {
   // max(v, lo) and min(v, hi) with a NaN v propagated, as torch.relu / torch.clamp do.
   C10_HOST_DEVICE static S clamp_min(S v, S lo) { return v < lo ? lo : v; }
   C10_HOST_DEVICE static S clamp_max(S v, S hi) { return v > hi ? hi : v; }
+  C10_HOST_DEVICE static S reciprocal(S v) { return S(1) / v; }
 };
 
 template <>
@@ -60,11 +69,11 @@ struct NoneAct {
   static constexpr const char* kName = "none";
   C10_HOST_DEVICE static constexpr bool grad_from_output(double) { return true; }
   template <typename V>
-  C10_HOST_DEVICE static V value(V z, V) {
+  FASTBLOCKS_ACT_INLINE static V value(V z, V) {
     return z;
   }
   template <typename V>
-  C10_HOST_DEVICE static V grad(V g, V, V) {
+  FASTBLOCKS_ACT_INLINE static V grad(V g, V, V) {
     return g;
   }
 };
@@ -73,11 +82,11 @@ struct ReLUAct {
   static constexpr const char* kName = "relu";
   C10_HOST_DEVICE static constexpr bool grad_from_output(double) { return true; }
   template <typename V>
-  C10_HOST_DEVICE static V value(V z, V) {
+  FASTBLOCKS_ACT_INLINE static V value(V z, V) {
     return ActMath<V>::clamp_min(z, act_constant<V>(0));
   }
   template <typename V>
-  C10_HOST_DEVICE static V grad(V g, V z, V) {
+  FASTBLOCKS_ACT_INLINE static V grad(V g, V z, V) {
     const V zero = act_constant<V>(0);
     return ActMath<V>::select(z > zero, g, zero);
   }
@@ -88,11 +97,11 @@ struct ReLU6Act {
   static constexpr const char* kName = "relu6";
   C10_HOST_DEVICE static constexpr bool grad_from_output(double) { return true; }
   template <typename V>
-  C10_HOST_DEVICE static V value(V z, V) {
+  FASTBLOCKS_ACT_INLINE static V value(V z, V) {
     return ActMath<V>::clamp_max(ActMath<V>::clamp_min(z, act_constant<V>(0)), act_constant<V>(6));
   }
   template <typename V>
-  C10_HOST_DEVICE static V grad(V g, V z, V) {
+  FASTBLOCKS_ACT_INLINE static V grad(V g, V z, V) {
     const V zero = act_constant<V>(0);
     return ActMath<V>::select((z > zero) & (z < act_constant<V>(6)), g, zero);
   }
@@ -103,27 +112,34 @@ struct LeakyReLUAct {
   // The output's sign is the input's only for a non-negative slope.
   C10_HOST_DEVICE static constexpr bool grad_from_output(double slope) { return slope >= 0; }
   template <typename V>
-  C10_HOST_DEVICE static V value(V z, V slope) {
+  FASTBLOCKS_ACT_INLINE static V value(V z, V slope) {
     return ActMath<V>::select(z > act_constant<V>(0), z, z * slope);
   }
   template <typename V>
-  C10_HOST_DEVICE static V grad(V g, V z, V slope) {
+  FASTBLOCKS_ACT_INLINE static V grad(V g, V z, V slope) {
     return ActMath<V>::select(z > act_constant<V>(0), g, g * slope);
   }
 };
 
-// z * sigmoid(z).
+// z * sigmoid(z). exp's argument is capped at 80 so that 1 + exp(-z) stays finite for a reciprocal (the vector
+// one may be an approximation refined by a Newton step, which an infinity would turn into NaN); below z = -80
+// sigmoid(z) < 2e-35, so the cap changes nothing that float32 can tell.
 struct SiLUAct {
   static constexpr const char* kName = "silu";
   C10_HOST_DEVICE static constexpr bool grad_from_output(double) { return false; }
   template <typename V>
-  C10_HOST_DEVICE static V value(V z, V) {
-    return z / (act_constant<V>(1) + ActMath<V>::exp(act_constant<V>(0) - z));
+  FASTBLOCKS_ACT_INLINE static V sigmoid(V z) {
+    const V e = ActMath<V>::exp(ActMath<V>::clamp_max(act_constant<V>(0) - z, act_constant<V>(80)));  // NaN: kept
+    return ActMath<V>::reciprocal(act_constant<V>(1) + e);
   }
   template <typename V>
-  C10_HOST_DEVICE static V grad(V g, V z, V) {
+  FASTBLOCKS_ACT_INLINE static V value(V z, V) {
+    return z * sigmoid(z);
+  }
+  template <typename V>
+  FASTBLOCKS_ACT_INLINE static V grad(V g, V z, V) {
     const V one = act_constant<V>(1);
-    const V s = one / (one + ActMath<V>::exp(act_constant<V>(0) - z));
+    const V s = sigmoid(z);
     return g * s * (one + z * (one - s));
   }
 };
@@ -134,13 +150,13 @@ struct HardswishAct {
   static constexpr const char* kName = "hardswish";
   C10_HOST_DEVICE static constexpr bool grad_from_output(double) { return false; }
   template <typename V>
-  C10_HOST_DEVICE static V value(V z, V) {
+  FASTBLOCKS_ACT_INLINE static V value(V z, V) {
     const V r6 = ActMath<V>::clamp_max(ActMath<V>::clamp_min(z + act_constant<V>(3), act_constant<V>(0)),
                                        act_constant<V>(6));
     return z * r6 / act_constant<V>(6);
   }
   template <typename V>
-  C10_HOST_DEVICE static V grad(V g, V z, V) {
+  FASTBLOCKS_ACT_INLINE static V grad(V g, V z, V) {
     const V three = act_constant<V>(3);
     const V middle = g * (z / three + act_constant<V>(0.5));
     return ActMath<V>::select(z <= act_constant<V>(-3), act_constant<V>(0), ActMath<V>::select(z < three, middle, g));
@@ -152,11 +168,11 @@ struct GELUAct {
   static constexpr const char* kName = "gelu";
   C10_HOST_DEVICE static constexpr bool grad_from_output(double) { return false; }
   template <typename V>
-  C10_HOST_DEVICE static V value(V z, V) {
+  FASTBLOCKS_ACT_INLINE static V value(V z, V) {
     return z * act_constant<V>(0.5) * (act_constant<V>(1) + ActMath<V>::erf(z * act_constant<V>(M_SQRT1_2)));
   }
   template <typename V>
-  C10_HOST_DEVICE static V grad(V g, V z, V) {
+  FASTBLOCKS_ACT_INLINE static V grad(V g, V z, V) {
     const V cdf = act_constant<V>(0.5) * (act_constant<V>(1) + ActMath<V>::erf(z * act_constant<V>(M_SQRT1_2)));
     const V pdf = ActMath<V>::exp(act_constant<V>(-0.5) * z * z) * act_constant<V>(M_2_SQRTPI * M_SQRT1_2 * 0.5);
     return g * (cdf + z * pdf);
@@ -170,12 +186,12 @@ struct GELUTanhAct {
   static constexpr double kKappa = 0.044715;
   C10_HOST_DEVICE static constexpr bool grad_from_output(double) { return false; }
   template <typename V>
-  C10_HOST_DEVICE static V value(V z, V) {
+  FASTBLOCKS_ACT_INLINE static V value(V z, V) {
     const V inner = act_constant<V>(kBeta) * (z + act_constant<V>(kKappa) * z * z * z);
     return act_constant<V>(0.5) * z * (act_constant<V>(1) + ActMath<V>::tanh(inner));
   }
   template <typename V>
-  C10_HOST_DEVICE static V grad(V g, V z, V) {
+  FASTBLOCKS_ACT_INLINE static V grad(V g, V z, V) {
     const V one = act_constant<V>(1);
     const V z2 = z * z;
     const V inner = act_constant<V>(kBeta) * (z + act_constant<V>(kKappa) * z2 * z);
