@@ -42,6 +42,7 @@ class Activation:
         idempotent: ``act(act(x)) == act(x)`` (two in a row are one).
         onednn: ``onednn(negative_slope) -> (attr, scalars, algorithm)``: the unary post-op of
             ``torch.ops.mkldnn._convolution_pointwise`` that applies this activation.
+        function_: the in-place form of ``function`` where torch has one (None: none).
     """
 
     name: str
@@ -51,6 +52,7 @@ class Activation:
     grad_from_output: Callable[[float], bool] = field(default=lambda slope: False)
     idempotent: bool = False
     onednn: Callable[[float], Tuple[str, List[float], Optional[str]]] = field(default=lambda slope: ("none", [], None))
+    function_: Optional[Callable[[Tensor, float], Tensor]] = None
 
 
 def _hardtanh_relu6(m: nn.Module) -> Optional[float]:
@@ -65,17 +67,20 @@ _TIMM = "timm.layers.activations."
 
 _ENTRIES = [
     Activation("none", lambda x, s: x, (nn.Identity,), grad_from_output=lambda s: True, idempotent=True,
-               onednn=lambda s: ("none", [], None)),
+               onednn=lambda s: ("none", [], None), function_=lambda x, s: x),
     Activation("relu", lambda x, s: F.relu(x), (nn.ReLU,), grad_from_output=lambda s: True, idempotent=True,
-               onednn=lambda s: ("relu", [], None)),
+               onednn=lambda s: ("relu", [], None), function_=lambda x, s: torch.relu_(x)),
     Activation("relu6", lambda x, s: F.relu6(x), (nn.ReLU6, nn.Hardtanh),
                match=lambda m: _hardtanh_relu6(m) if type(m) is nn.Hardtanh else DEFAULT_NEGATIVE_SLOPE,
-               grad_from_output=lambda s: True, idempotent=True, onednn=lambda s: ("hardtanh", [0.0, 6.0], None)),
+               grad_from_output=lambda s: True, idempotent=True, onednn=lambda s: ("hardtanh", [0.0, 6.0], None),
+               function_=lambda x, s: F.hardtanh(x, 0.0, 6.0, inplace=True)),
     Activation("leaky_relu", lambda x, s: F.leaky_relu(x, s), (nn.LeakyReLU,), match=lambda m: float(m.negative_slope),
-               grad_from_output=lambda s: s >= 0, onednn=lambda s: ("leaky_relu", [s], None)),
-    Activation("silu", lambda x, s: F.silu(x), (nn.SiLU, _TIMM + "Swish"), onednn=lambda s: ("swish", [], None)),
+               grad_from_output=lambda s: s >= 0, onednn=lambda s: ("leaky_relu", [s], None),
+               function_=lambda x, s: F.leaky_relu(x, s, inplace=True)),
+    Activation("silu", lambda x, s: F.silu(x), (nn.SiLU, _TIMM + "Swish"), onednn=lambda s: ("swish", [], None),
+               function_=lambda x, s: F.silu(x, inplace=True)),
     Activation("hardswish", lambda x, s: F.hardswish(x), (nn.Hardswish, _TIMM + "HardSwish"),
-               onednn=lambda s: ("hardswish", [], None)),
+               onednn=lambda s: ("hardswish", [], None), function_=lambda x, s: F.hardswish(x, inplace=True)),
     Activation("gelu", lambda x, s: F.gelu(x), (nn.GELU, _TIMM + "GELU"), match=_gelu("none"),
                onednn=lambda s: ("gelu", [], "none")),
     Activation("gelu_tanh", lambda x, s: F.gelu(x, approximate="tanh"), (nn.GELU, _TIMM + "GELUTanh"),
@@ -100,12 +105,11 @@ def get(activation: str, where: str = "pyfastblocks", arg: str = "activation") -
 
 
 def apply(x: Tensor, activation: str, negative_slope: float = DEFAULT_NEGATIVE_SLOPE, inplace: bool = False) -> Tensor:
-    """``activation`` applied by eager PyTorch (``inplace``: where torch has an in-place form)."""
-    if inplace and activation == "relu":
-        return torch.relu_(x)
-    if inplace and activation == "relu6":
-        return F.hardtanh(x, 0.0, 6.0, inplace=True)
-    return get(activation).function(x, negative_slope)
+    """``activation`` applied by eager PyTorch (``inplace``: in place where torch has the in-place form)."""
+    entry = get(activation)
+    if inplace and entry.function_ is not None:
+        return entry.function_(x, negative_slope)
+    return entry.function(x, negative_slope)
 
 
 def _class_path(cls: type) -> str:

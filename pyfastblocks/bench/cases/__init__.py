@@ -8,6 +8,6 @@ import line below; a new row family of an existing op is an entry in that op's m
 from .base import DTYPE_NAMES, DTYPES, OPS, SHAPE_SET_NAMES, Case, OpBench, register
 
 # Registration order is the default run order.
-from . import add_relu, branch_concat, depthwise  # noqa: E402,F401  (each registers its op)
+from . import add_relu, affine_act, branch_concat, depthwise  # noqa: E402,F401  (each registers its op)
 
 __all__ = ["Case", "DTYPES", "DTYPE_NAMES", "OPS", "OpBench", "SHAPE_SET_NAMES", "register"]
