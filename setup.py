@@ -20,9 +20,11 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 VERSION = "0.1.0"
-# Ampere (A100), Ampere consumer (A10/RTX 30), Hopper (H100/H200) as machine code, and Hopper PTX that the
-# driver JIT-compiles on newer cards. CUDA 13 dropped everything older than 7.5.
-DEFAULT_CUDA_ARCHS = "8.0;8.6;9.0+PTX"
+# Ampere (A100) and Hopper (H100/H200) machine code, and Hopper PTX that the driver JIT-compiles on newer cards.
+# sm_80 machine code also runs on every 8.x card (A10, RTX 30/40, L4: binary compatible within a major version), so
+# a separate 8.6 build would only cost compile time (each architecture is one more device compilation of every .cu).
+# CUDA 13 dropped everything older than 7.5.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
 def _git_commit() -> str:
@@ -122,17 +124,26 @@ build_config = {
     "cuda_compiled": bool(use_cuda),
     "commit": _git_commit(),  # build_info()["commit"]; the bench header shows it
 }
+def _write_if_changed(path: Path, text: str) -> None:
+    """Rewrite a generated file only when its text changes: ninja rebuilds whatever includes it otherwise."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
 (ROOT / "csrc" / "generated").mkdir(exist_ok=True)
-(ROOT / "csrc" / "generated" / "build_config.h").write_text(
+_write_if_changed(ROOT / "csrc" / "generated" / "build_config.h",
     "// Written by setup.py; do not edit.\n#pragma once\n"
     + "".join(
         '#define PYFASTBLOCKS_BUILD_{} "{}"\n'.format(k.upper(), "" if v is None else v)
         for k, v in build_config.items() if k != "cuda_compiled"
     )
 )
-(ROOT / "pyfastblocks" / "_build_config.py").write_text(
-    "# Written by setup.py; do not edit.\nBUILD_CONFIG = {!r}\n".format(build_config)
-)
+_write_if_changed(ROOT / "pyfastblocks" / "_build_config.py",
+                  "# Written by setup.py; do not edit.\nBUILD_CONFIG = {!r}\n".format(build_config))
+
+# Parallel compile jobs: what the machine has (torch's default, cores + 2, oversubscribes small machines).
+if "MAX_JOBS" not in os.environ:
+    os.environ["MAX_JOBS"] = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
 
 sources = []
 for folder in ("", "common", "cpu"):
@@ -141,7 +152,9 @@ if use_cuda:
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cpp"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
 
-extra_compile_args = {"cxx": ["-O3", "-fvisibility=hidden", "-Wno-unknown-pragmas"]}
+# -g0: Python's own CFLAGS carry -g; debug information for these template-heavy files is a large share of their
+# compile time (and of the library's size). -Wno-psabi: GCC's note about passing 32-byte vectors is informational.
+extra_compile_args = {"cxx": ["-O3", "-g0", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-psabi"]}
 extra_link_args = []
 # at::parallel_for is inline OpenMP (`#pragma omp parallel` in ATen's headers, for torch's OpenMP builds): without
 # -fopenmp every CPU kernel here would run on one thread whatever torch.get_num_threads() says. Linux torch wheels

@@ -4,7 +4,11 @@
 // op) on the channels_last view.
 // Registered as CompositeImplicitAutograd: autograd, fake tensors, torch.compile and export see the depthwise
 // op and ATen ops it is made of, so it needs no backward or fake impl of its own.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_addmm_activation.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/mm.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>

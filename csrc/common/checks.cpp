@@ -1,6 +1,6 @@
 #include "common/checks.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace fastblocks {
 

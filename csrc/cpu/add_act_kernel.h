@@ -16,7 +16,7 @@ namespace add_act_detail {
 using epilogue_detail::forward_run;
 
 template <typename scalar_t, typename Act>
-void forward_typed(const AddActForwardArgs& a) {
+void forward_typed(const Act& act, const AddActForwardArgs& a) {
   using acc = acc_t<scalar_t>;
   const auto* x = static_cast<const scalar_t*>(a.x);
   const auto* r = static_cast<const scalar_t*>(a.residual);
@@ -28,7 +28,7 @@ void forward_typed(const AddActForwardArgs& a) {
 
   if (scale == nullptr && bias == nullptr) {  // flat
     at::parallel_for(0, v.numel, kGrainElements, [&](int64_t begin, int64_t end) {
-      forward_run<scalar_t, Act, false, true>(x + begin, r + begin, out + begin, end - begin, nullptr, nullptr, 1, 0,
+      forward_run<scalar_t, Act, false, true>(act, x + begin, r + begin, out + begin, end - begin, nullptr, nullptr, 1, 0,
                                               slope);
     });
   } else if (v.run == 1) {  // rows
@@ -37,7 +37,7 @@ void forward_typed(const AddActForwardArgs& a) {
     at::parallel_for(0, v.numel / C, std::max<int64_t>(1, kGrainElements / C), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t o = row * C;
-        forward_run<scalar_t, Act, true, true>(x + o, r + o, out + o, C, params.scale, params.bias, 1, 0, slope);
+        forward_run<scalar_t, Act, true, true>(act, x + o, r + o, out + o, C, params.scale, params.bias, 1, 0, slope);
       }
     });
   } else {  // planes
@@ -46,7 +46,7 @@ void forward_typed(const AddActForwardArgs& a) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t c = plane % v.channels;
         const int64_t o = plane * run;
-        forward_run<scalar_t, Act, false, true>(x + o, r + o, out + o, run, nullptr, nullptr,
+        forward_run<scalar_t, Act, false, true>(act, x + o, r + o, out + o, run, nullptr, nullptr,
                                                 scale ? scale[c] : acc(1), bias ? bias[c] : acc(0), slope);
       }
     });
@@ -57,7 +57,9 @@ void forward_typed(const AddActForwardArgs& a) {
 
 void add_act_forward(const AddActForwardArgs& a) {
   epilogue_detail::dispatch_epilogue_dtype(a.dtype, "fastblocks::add_act", [&](auto zero) {
-    visit_activation(a.act.kind, [&](auto act) { add_act_detail::forward_typed<decltype(zero), decltype(act)>(a); });
+    using scalar_t = decltype(zero);
+    epilogue_detail::visit_kernel_activation<scalar_t>(
+        a.act, [&](const auto& act) { add_act_detail::forward_typed<scalar_t>(act, a); });
   });
 }
 

@@ -16,7 +16,7 @@ namespace branch_concat_detail {
 using epilogue_detail::forward_run;
 
 template <typename scalar_t, typename Act>
-void forward_typed(const BranchConcatForwardArgs& a) {
+void forward_typed(const Act& act, const BranchConcatForwardArgs& a) {
   using acc = acc_t<scalar_t>;
   auto* out = static_cast<scalar_t*>(a.out);
   const auto* scale = static_cast<const acc*>(a.scale);
@@ -34,7 +34,7 @@ void forward_typed(const BranchConcatForwardArgs& a) {
         for (int i = 0; i < in.count; ++i) {
           const int64_t ci = begin[i + 1] - begin[i];
           const auto* xi = static_cast<const scalar_t*>(in.data[i]) + row * ci;
-          forward_run<scalar_t, Act, true, false>(xi, nullptr, out + row * C + begin[i], ci, params.scale + begin[i],
+          forward_run<scalar_t, Act, true, false>(act, xi, nullptr, out + row * C + begin[i], ci, params.scale + begin[i],
                                                   params.bias + begin[i], 1, 0, slope);
         }
       }
@@ -49,7 +49,7 @@ void forward_typed(const BranchConcatForwardArgs& a) {
       const int i = branch_of(in, c);
       const int64_t ci = begin[i + 1] - begin[i];
       const auto* xi = static_cast<const scalar_t*>(in.data[i]) + (n * ci + (c - begin[i])) * run;
-      forward_run<scalar_t, Act, false, false>(xi, nullptr, out + plane * run, run, nullptr, nullptr,
+      forward_run<scalar_t, Act, false, false>(act, xi, nullptr, out + plane * run, run, nullptr, nullptr,
                                                scale ? scale[c] : acc(1), bias ? bias[c] : acc(0), slope);
     }
   });
@@ -59,8 +59,9 @@ void forward_typed(const BranchConcatForwardArgs& a) {
 
 void branch_concat_forward(const BranchConcatForwardArgs& a) {
   epilogue_detail::dispatch_epilogue_dtype(a.dtype, "fastblocks::branch_concat", [&](auto zero) {
-    visit_activation(a.act.kind,
-                     [&](auto act) { branch_concat_detail::forward_typed<decltype(zero), decltype(act)>(a); });
+    using scalar_t = decltype(zero);
+    epilogue_detail::visit_kernel_activation<scalar_t>(
+        a.act, [&](const auto& act) { branch_concat_detail::forward_typed<scalar_t>(act, a); });
   });
 }
 

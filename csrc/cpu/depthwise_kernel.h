@@ -100,29 +100,5 @@ void backward_typed(const DepthwiseBackwardArgs& a) {
 
 }  // namespace depthwise_detail
 
-void depthwise_forward(const DepthwiseForwardArgs& a) {
-  if (depthwise_detail::has_fast_path(a.dtype, a.geo)) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "depthwise_forward_cpu", [&] {
-      if constexpr (!std::is_same_v<scalar_t, double>) depthwise_fast::forward<scalar_t>(a);
-    });
-    return;
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "depthwise_forward_cpu", [&] {
-    FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] { depthwise_detail::forward_typed<scalar_t, INPUT_RELU>(a); });
-  });
-}
-
-void depthwise_backward(const DepthwiseBackwardArgs& a) {
-  if (depthwise_detail::has_fast_path(a.dtype, a.geo)) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "depthwise_backward_cpu", [&] {
-      if constexpr (!std::is_same_v<scalar_t, double>) depthwise_fast::backward<scalar_t>(a);
-    });
-    return;
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "depthwise_backward_cpu", [&] {
-    FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] { depthwise_detail::backward_typed<scalar_t, INPUT_RELU>(a); });
-  });
-}
-
 }  // namespace CPU_CAPABILITY
 }  // namespace fastblocks::cpu

@@ -1,5 +1,5 @@
 // The CPU emulator of the tiled CUDA depthwise programs (see depthwise_tiled_emulation.h). It runs exactly what the
-// kernels in cuda/depthwise_kernel.cu run: the same program choice, the same blocks, threads and phases; a block
+// kernels in cuda/depthwise_*_kernel.cu run: the same program choice, the same blocks, threads and phases; a block
 // barrier is the end of a phase.
 #include "cpu/depthwise_tiled_emulation.h"
 

@@ -10,12 +10,12 @@ inline namespace CPU_CAPABILITY {
 void epilogue_backward(const EpilogueBackwardArgs& a) {
   epilogue_detail::dispatch_epilogue_dtype(a.dtype, "fastblocks epilogue backward", [&](auto zero) {
     using scalar_t = decltype(zero);
-    visit_activation(a.act.kind, [&](auto act) {
-      using Act = decltype(act);
+    epilogue_detail::visit_kernel_activation<scalar_t>(a.act, [&](const auto& act) {
+      using Act = std::decay_t<decltype(act)>;
       if (a.reduces()) {
-        epilogue_detail::backward_typed<scalar_t, Act, true>(a);
+        epilogue_detail::backward_typed<scalar_t, Act, true>(act, a);
       } else {
-        epilogue_detail::backward_typed<scalar_t, Act, false>(a);
+        epilogue_detail::backward_typed<scalar_t, Act, false>(act, a);
       }
     });
   });

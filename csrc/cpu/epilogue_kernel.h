@@ -34,9 +34,9 @@ inline V preactivation(const V& x, const V& s, const V& b, const V& r) {
 // out[i] = act(x[i] * s + b (+ r[i])) over n elements; s and b are per element (loaded from s_ptr/b_ptr) when
 // PER_ELEMENT, else the constants s0/b0.
 template <typename scalar_t, typename Act, bool PER_ELEMENT, bool RESIDUAL>
-inline void forward_run(const scalar_t* x, const scalar_t* r, scalar_t* out, int64_t n, const acc_t<scalar_t>* s_ptr,
-                        const acc_t<scalar_t>* b_ptr, acc_t<scalar_t> s0, acc_t<scalar_t> b0,
-                        acc_t<scalar_t> slope) {
+inline void forward_run(const Act& act, const scalar_t* x, const scalar_t* r, scalar_t* out, int64_t n,
+                        const acc_t<scalar_t>* s_ptr, const acc_t<scalar_t>* b_ptr, acc_t<scalar_t> s0,
+                        acc_t<scalar_t> b0, acc_t<scalar_t> slope) {
   using C = Chunk<scalar_t>;
   using Vec = typename C::Vec;
   const Vec s_const(s0), b_const(b0), sl(slope);
@@ -54,9 +54,9 @@ inline void forward_run(const scalar_t* x, const scalar_t* r, scalar_t* out, int
         b = Vec::loadu(b_ptr + i + k * C::kLanes, lanes);
       }
       if constexpr (RESIDUAL) {
-        yc.v[k] = Act::value(preactivation(xc.v[k], s, b, rc.v[k]), sl);
+        yc.v[k] = act.value(preactivation(xc.v[k], s, b, rc.v[k]), sl);
       } else {
-        yc.v[k] = Act::value(preactivation(xc.v[k], s, b), sl);
+        yc.v[k] = act.value(preactivation(xc.v[k], s, b), sl);
       }
     }
     yc.store(out + i, m);
@@ -76,41 +76,65 @@ struct BackwardRun {
 
 // g = act'(z) * grad_out with z recomputed from x (and r) unless the activation is "none". Lanes past the run's
 // end load as zero and give g = 0.
+// An activation chosen at run time (a switch per vector): what the float64 kernels use, so that the dtype kept for
+// the tests does not instantiate every kernel once per activation (compile time).
+struct RuntimeAct {
+  ActivationSpec spec;
+  template <typename V>
+  V value(const V& z, const V&) const {
+    return activate(spec, z);
+  }
+  template <typename V>
+  V grad(const V& g, const V& z, const V&) const {
+    return activation_grad(spec, g, z);
+  }
+};
+
+// Whether the activation's gradient needs the pre-activation z: every one but "none" (known at compile time for a
+// functor of the table, at run time for a RuntimeAct).
+template <typename Act>
+inline bool needs_preactivation(const Act& act) {
+  if constexpr (std::is_same_v<Act, NoneAct>) {
+    return false;
+  } else if constexpr (std::is_same_v<Act, RuntimeAct>) {
+    return act.spec.kind != Activation::kNone;
+  } else {
+    return true;
+  }
+}
+
 template <typename scalar_t, typename Act>
-inline typename Chunk<scalar_t>::Vec chunk_grad(const typename Chunk<scalar_t>::Vec& gy,
+inline typename Chunk<scalar_t>::Vec chunk_grad(const Act& act, const typename Chunk<scalar_t>::Vec& gy,
                                                  const typename Chunk<scalar_t>::Vec& x,
                                                  const typename Chunk<scalar_t>::Vec* r,
                                                  const typename Chunk<scalar_t>::Vec& s,
                                                  const typename Chunk<scalar_t>::Vec& b,
                                                  const typename Chunk<scalar_t>::Vec& slope) {
-  if constexpr (std::is_same_v<Act, NoneAct>) {
-    return gy;
-  } else {
-    const auto z = r != nullptr ? preactivation(x, s, b, *r) : preactivation(x, s, b);
-    return Act::grad(gy, z, slope);
-  }
+  if (!needs_preactivation(act)) return gy;
+  const auto z = r != nullptr ? preactivation(x, s, b, *r) : preactivation(x, s, b);
+  return act.grad(gy, z, slope);
 }
 
 // Backward over n elements of one channel (or of no particular channel) with constant s0/b0: writes gr = g and
 // gx = g * s0 where asked; REDUCE: sum_g += sum g, sum_gx += sum g * x.
 template <typename scalar_t, typename Act, bool REDUCE>
-inline void backward_run(const BackwardRun<scalar_t>& io, int64_t n, acc_t<scalar_t> s0, acc_t<scalar_t> b0,
+inline void backward_run(const Act& act, const BackwardRun<scalar_t>& io, int64_t n, acc_t<scalar_t> s0, acc_t<scalar_t> b0,
                          acc_t<scalar_t> slope, acc_t<scalar_t>& sum_g, acc_t<scalar_t>& sum_gx) {
   using C = Chunk<scalar_t>;
   using Vec = typename C::Vec;
-  constexpr bool kNeedsZ = !std::is_same_v<Act, NoneAct>;
+  const bool needs_z = needs_preactivation(act);
   const Vec s(s0), b(b0), sl(slope);
   Vec acc_g(0), acc_gx(0);
-  const bool load_x = kNeedsZ || (REDUCE && io.sum_gx);
+  const bool load_x = needs_z || (REDUCE && io.sum_gx);
   for (int64_t i = 0; i < n; i += C::kSize) {
     const int64_t m = std::min<int64_t>(C::kSize, n - i);
     const C gyc = C::load(io.gy + i, m);
     C xc, rc, g, gxc;
     if (load_x) xc = C::load(io.x + i, m);
-    const bool residual = kNeedsZ && io.r != nullptr;
+    const bool residual = needs_z && io.r != nullptr;
     if (residual) rc = C::load(io.r + i, m);
     for (int k = 0; k < C::kVecs; ++k) {
-      g.v[k] = chunk_grad<scalar_t, Act>(gyc.v[k], xc.v[k], residual ? &rc.v[k] : nullptr, s, b, sl);
+      g.v[k] = chunk_grad<scalar_t, Act>(act, gyc.v[k], xc.v[k], residual ? &rc.v[k] : nullptr, s, b, sl);
       if constexpr (REDUCE) {
         acc_g = acc_g + g.v[k];
         if (io.sum_gx) acc_gx = acc_gx + g.v[k] * xc.v[k];
@@ -131,27 +155,27 @@ inline void backward_run(const BackwardRun<scalar_t>& io, int64_t n, acc_t<scala
 // Backward over n consecutive channels of one channels-last row; s, b, sum_g and sum_gx point at those channels
 // (sums only with REDUCE).
 template <typename scalar_t, typename Act, bool REDUCE>
-inline void backward_row(const BackwardRun<scalar_t>& io, int64_t n, const acc_t<scalar_t>* s,
+inline void backward_row(const Act& act, const BackwardRun<scalar_t>& io, int64_t n, const acc_t<scalar_t>* s,
                          const acc_t<scalar_t>* b, acc_t<scalar_t> slope, acc_t<scalar_t>* sum_g,
                          acc_t<scalar_t>* sum_gx) {
   using Ch = Chunk<scalar_t>;
   using Vec = typename Ch::Vec;
-  constexpr bool kNeedsZ = !std::is_same_v<Act, NoneAct>;
+  const bool needs_z = needs_preactivation(act);
   const Vec sl(slope);
-  const bool load_x = kNeedsZ || (REDUCE && io.sum_gx);
+  const bool load_x = needs_z || (REDUCE && io.sum_gx);
   for (int64_t i = 0; i < n; i += Ch::kSize) {
     const int64_t m = std::min<int64_t>(Ch::kSize, n - i);
     const Ch gyc = Ch::load(io.gy + i, m);
     Ch xc, rc, g, gxc;
     if (load_x) xc = Ch::load(io.x + i, m);
-    const bool residual = kNeedsZ && io.r != nullptr;
+    const bool residual = needs_z && io.r != nullptr;
     if (residual) rc = Ch::load(io.r + i, m);
     for (int k = 0; k < Ch::kVecs; ++k) {
       const int64_t c = i + k * Ch::kLanes;
       const int64_t lanes = Ch::lanes_of(k, m);
       const Vec sv = Vec::loadu(s + c, lanes);
-      const Vec bv = kNeedsZ ? Vec::loadu(b + c, lanes) : Vec(0);
-      g.v[k] = chunk_grad<scalar_t, Act>(gyc.v[k], xc.v[k], residual ? &rc.v[k] : nullptr, sv, bv, sl);
+      const Vec bv = needs_z ? Vec::loadu(b + c, lanes) : Vec(0);
+      g.v[k] = chunk_grad<scalar_t, Act>(act, gyc.v[k], xc.v[k], residual ? &rc.v[k] : nullptr, sv, bv, sl);
       if (io.gx != nullptr) gxc.v[k] = g.v[k] * sv;
       if constexpr (REDUCE) {
         if (lanes > 0) {
@@ -183,7 +207,7 @@ struct ChannelParams {
 };
 
 template <typename scalar_t, typename Act, bool REDUCE>
-void backward_typed(const EpilogueBackwardArgs& a) {
+void backward_typed(const Act& act, const EpilogueBackwardArgs& a) {
   using acc = acc_t<scalar_t>;
   const auto* gy = static_cast<const scalar_t*>(a.grad_out);
   const auto* r = static_cast<const scalar_t*>(a.residual);
@@ -204,7 +228,7 @@ void backward_typed(const EpilogueBackwardArgs& a) {
     at::parallel_for(0, v.numel, kGrainElements, [&](int64_t lo, int64_t hi) {
       acc unused_g = 0, unused_gx = 0;
       const BackwardRun<scalar_t> io{gy + lo, x ? x + lo : nullptr, r ? r + lo : nullptr, nullptr, gr + lo, false};
-      backward_run<scalar_t, Act, false>(io, hi - lo, 1, 0, slope, unused_g, unused_gx);
+      backward_run<scalar_t, Act, false>(act, io, hi - lo, 1, 0, slope, unused_g, unused_gx);
     });
     return;
   }
@@ -220,7 +244,7 @@ void backward_typed(const EpilogueBackwardArgs& a) {
         scalar_t* gxi = branch_ptr<scalar_t>(a.grad_x, i);
         const BackwardRun<scalar_t> io{gy + o, xi ? xi + row * ci : nullptr, r ? r + o : nullptr,
                                        gxi ? gxi + row * ci : nullptr, gr ? gr + o : nullptr, sum_gx};
-        backward_row<scalar_t, Act, REDUCE>(io, ci, params.scale + begin[i], params.bias + begin[i], slope,
+        backward_row<scalar_t, Act, REDUCE>(act, io, ci, params.scale + begin[i], params.bias + begin[i], slope,
                                             sum_g ? sum_g + begin[i] : nullptr,
                                             sum_gx_row ? sum_gx_row + begin[i] : nullptr);
       }
@@ -268,7 +292,7 @@ void backward_typed(const EpilogueBackwardArgs& a) {
     scalar_t* gxi = branch_ptr<scalar_t>(a.grad_x, i);
     const BackwardRun<scalar_t> io{gy + o, xi ? xi + bo : nullptr, r ? r + o : nullptr, gxi ? gxi + bo : nullptr,
                                    gr ? gr + o : nullptr, sum_gx};
-    backward_run<scalar_t, Act, REDUCE>(io, run, scale ? scale[c] : acc(1), bias ? bias[c] : acc(0), slope, sum_g,
+    backward_run<scalar_t, Act, REDUCE>(act, io, run, scale ? scale[c] : acc(1), bias ? bias[c] : acc(0), slope, sum_g,
                                         sum_gx_c);
   };
   if constexpr (REDUCE) {
@@ -288,6 +312,17 @@ void backward_typed(const EpilogueBackwardArgs& a) {
         do_plane(p / C, p % C, unused_g, unused_gx);
       }
     });
+  }
+}
+
+// f(act) with act the activation's functor (compile-time: its vector code inlined in the loops) for float, half and
+// bfloat16 data, and a RuntimeAct for float64.
+template <typename scalar_t, typename F>
+void visit_kernel_activation(const ActivationSpec& spec, F&& f) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    f(RuntimeAct{spec});
+  } else {
+    visit_activation(spec.kind, f);
   }
 }
 

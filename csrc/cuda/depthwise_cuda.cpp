@@ -1,5 +1,5 @@
 // CUDA impl of fastblocks::depthwise_conv2d and fastblocks::depthwise_conv2d_backward (schemas in
-// csrc/fastblocks.cpp): checks and allocation on the host, kernels in depthwise_kernel.cu (and, for activations
+// csrc/fastblocks.cpp): checks and allocation on the host, kernels in depthwise_forward_kernel.cu / depthwise_backward_kernel.cu (and, for activations
 // whose gradient needs the pre-activation, the epilogue backward program that masks grad_out), on the current
 // stream under a device guard.
 #include <ATen/core/Tensor.h>

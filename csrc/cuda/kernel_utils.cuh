@@ -37,6 +37,12 @@ __device__ __forceinline__ T block_sum(T v, T* scratch) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Blocks of kThreads for one thread per element (grid-stride loops past 2^30 blocks).
+inline unsigned grid_for(int64_t numel) {
+  const int64_t blocks = ceil_div(numel, kThreads);
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > (int64_t(1) << 30) ? (int64_t(1) << 30) : blocks));
+}
+
 // float, double, half, bfloat16 -> the kernel's element type.
 template <typename F>
 void dispatch_dtype(c10::ScalarType dtype, const char* name, F&& f) {

@@ -18,7 +18,7 @@ void launch_branch_concat_forward(const BranchConcatForwardArgs& args, cudaStrea
 // holds epilogue_programs::epilogue_backward_workspace(args) values of the accumulation type.
 void launch_epilogue_backward(const EpilogueBackwardArgs& args, void* workspace, cudaStream_t stream);
 
-// depthwise_kernel.cu
+// depthwise_forward_kernel.cu, depthwise_backward_kernel.cu
 void launch_depthwise_forward(const DepthwiseForwardArgs& args, cudaStream_t stream);
 void launch_depthwise_backward(const DepthwiseBackwardArgs& args, cudaStream_t stream);
 

@@ -1,12 +1,7 @@
-// CUDA kernels of fastblocks::depthwise_conv2d.
-// - Tiled programs (common/depthwise_tiled.h) for float, half and bfloat16: shared-memory halo tiles and several
-//   outputs per thread for NCHW, 16-byte channel vectors and a column strip per thread for NHWC, gathered input
-//   gradients and chunked, fixed-order weight/bias gradient sums. One kernel template runs any program: its phases
-//   with a block barrier after each. The CPU emulator runs the same programs in the tests.
-// - The generic path for the rest (float64; NHWC with a channel multiplier; weight gradients of kernels other than
-//   3x3 and 5x5): one thread per output (forward) or per input (input gradient, gathered: no atomics), one block
-//   per (output channel, tap) for the weight and bias gradients (deterministic block sums). Its values come from
-//   the C10_HOST_DEVICE math of common/depthwise.h that the CPU kernels share.
+// CUDA backward of fastblocks::depthwise_conv2d: the tiled input-gradient and weight/bias-gradient programs of
+// common/depthwise_tiled.h (gathered input gradients; chunked, fixed-order, deterministic weight and bias sums),
+// launched by cuda/program.cuh, and the generic kernels for the rest: one thread per input (a gather, no atomics),
+// one block per (output channel, tap) for the weight and bias gradients (deterministic block sums).
 #include "cuda/kernel_utils.cuh"
 #include "cuda/launchers.h"
 #include "cuda/program.cuh"
@@ -21,21 +16,6 @@
 
 namespace fastblocks::cuda {
 namespace {
-
-template <typename T, bool INPUT_RELU>
-__global__ void __launch_bounds__(kThreads)
-    depthwise_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const acc_t<T>* __restrict__ bias,
-                             T* __restrict__ out, DepthwiseGeometry g, ActivationSpec act) {
-  using acc = acc_t<T>;
-  const int64_t oc = g.out_channels();
-  const int64_t numel = g.batch * oc * g.out_h * g.out_w;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const Nchw p = unflatten(i, oc, g.out_h, g.out_w, g.channels_last);
-    const acc sum = depthwise_sum<INPUT_RELU>(x, w, g, p.n, p.c, p.h, p.w);
-    out[i] = static_cast<T>(activate(act, sum + (bias ? bias[p.c] : acc(0))));
-  }
-}
 
 template <typename T, bool INPUT_RELU>
 __global__ void __launch_bounds__(kThreads)
@@ -81,26 +61,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-unsigned grid_for(int64_t numel) {
-  return static_cast<unsigned>(std::clamp<int64_t>(ceil_div(numel, kThreads), 1, int64_t(1) << 30));
-}
-
 }  // namespace
-
-void launch_depthwise_forward(const DepthwiseForwardArgs& a, cudaStream_t stream) {
-  if (tiled::with_forward_program(a, [&](const auto& program) { launch_program(program, stream); })) return;
-  dispatch_dtype(a.dtype, "fastblocks::depthwise_conv2d", [&](auto zero) {
-    using T = decltype(zero);
-    FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] {
-      const DepthwiseGeometry& g = a.geo;
-      depthwise_forward_kernel<T, INPUT_RELU>
-          <<<grid_for(g.batch * g.out_channels() * g.out_h * g.out_w), kThreads, 0, stream>>>(
-              static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const acc_t<T>*>(a.bias),
-              static_cast<T*>(a.out), g, a.activation);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-}
 
 void launch_depthwise_backward(const DepthwiseBackwardArgs& a, cudaStream_t stream) {
   const auto launch = [&](const auto& program) { launch_program(program, stream); };
