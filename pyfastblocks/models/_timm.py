@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..nn import _tail
 from ._fused import (act_name, bn_act, compose_acts, conv_bn_act, conv_bn_add, norm_act, plain_conv,
                      run_conv_norm_act)
 
@@ -40,8 +40,8 @@ def _residual_tail(self, h: Tensor, shortcut: Tensor, conv: nn.Conv2d, norm: nn.
         y = self.drop_path(y)
     if self.downsample is not None:
         shortcut = self.downsample(shortcut)
-    if outer in ("relu", "none") and y.shape == shortcut.shape and y.dtype == shortcut.dtype:
-        return ops.add_relu(y, shortcut, relu=outer == "relu")
+    if outer in ("relu", "none"):
+        return _tail.add_act(y, shortcut, outer == "relu")
     return act(y + shortcut)
 
 

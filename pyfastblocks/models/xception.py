@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._fused import (act_name, cached_plan, compose_acts, conv_bn_act, conv_bn_add, load_weights, norm_act,
-                     run_conv_norm_act)
-
-
-def _children_key(seq: nn.Module) -> tuple:
-    return tuple((k, id(v)) for k, v in seq._modules.items())
+from ._fused import act_name, compose_acts, conv_bn_act, conv_bn_add, load_weights, norm_act, run_conv_norm_act
 
 __all__ = ["Xception", "xception"]
 
@@ -59,7 +54,7 @@ def legacy_block_plan(rep: nn.Sequential) -> Optional[Tuple[List[Tuple[str, str,
 
 
 def legacy_block_forward(self, inp: Tensor) -> Tensor:
-    stages, pool = cached_plan(self, _children_key(self.rep), lambda m: legacy_block_plan(m.rep))
+    stages, pool = legacy_block_plan(self.rep)  # made at every call from rep's children as they are
     mods = self.rep._modules
     skip = self.skip is not None
     h = inp
@@ -237,7 +232,7 @@ def aligned_module_plan(stack: nn.Sequential) -> Optional[List[Tuple[str, bool]]
 
 
 def aligned_module_forward(self, x: Tensor) -> Tensor:
-    cached = cached_plan(self, _children_key(self.stack), lambda m: aligned_module_plan(m.stack))
+    cached = aligned_module_plan(self.stack)  # made at every call from the stack's children as they are
     mods = self.stack._modules
     h = x
     last = len(cached) - 1

@@ -1,16 +1,18 @@
 """Convolution -> BatchNorm -> activation as fused passes, and the depthwise / separable convolution modules.
 
 ``conv_bn_act`` is the one function every fused module, model and ``swap()`` calls for a conv + BN + activation:
-it takes the ``nn.Conv2d`` and ``nn.BatchNorm2d`` modules as they are (so state_dicts keep their keys) and picks
-the fused path:
+it takes the ``nn.Conv2d`` and ``nn.BatchNorm2d`` modules as they are (so state_dicts keep their keys), reads
+their live parameters and buffers at every call (nothing is cached) and picks the fused path:
 
 - depthwise conv (``groups == in_channels``): ``fastblocks::depthwise_conv2d`` with the BatchNorm folded into its
-  weight/bias in eval and the activation (and Xception's input ReLU) in its epilogue/prologue: one pass;
-- other convs in eval: the BatchNorm folded into the convolution's weight and bias; on CPU the activation runs in
-  oneDNN's convolution epilogue (``mkldnn._convolution_pointwise``, what Inductor uses), elsewhere in place
-  right after the convolution;
-- training: the convolution, then the BatchNorm's batch statistics, then normalize + activation as the one fused
-  pass of ``fastblocks::branch_concat`` (``affine_relu``); running statistics are updated as BatchNorm does.
+  weight/bias in eval (O(C * kh * kw) per call) and the activation (and Xception's input ReLU) in its
+  epilogue/prologue: one pass;
+- other convs in eval: on CPU inference, oneDNN's convolution with the BatchNorm folded into its weight and bias
+  and the activation as its post-op (``mkldnn._convolution_pointwise``, what Inductor uses) where folding the
+  weight (O(weights) per call) costs less than a pass over the output; else the convolution, then BN +
+  activation as one fused pass (:func:`pyfastblocks.nn._tail.bn_tail`, BN folded in O(C));
+- training: the convolution, then the batch statistics (ATen's kernel, running statistics updated as BatchNorm
+  does), then normalize + activation as the one fused pass, with eager's batch_norm backward.
 """
 from typing import Optional, Tuple, Union
 
@@ -21,7 +23,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import ops
 from .._layout import accumulation_dtype
-from .batchnorm import batchnorm_scale_bias
+from . import _tail
+from .batchnorm import fold_batchnorm, uses_batch_stats
 
 ACTIVATIONS = ("none", "relu", "relu6")
 
@@ -78,31 +81,56 @@ def _library_conv_act(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Optional
 
 
 def _folded_conv_params(conv: nn.Conv2d, bn: Optional[_BatchNorm], x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-    """The convolution's weight (in x's dtype) and bias (float32 for half x) with an eval BatchNorm folded in.
-
-    Cached on the conv while weights, buffers, dtype and device are unchanged and no gradient is needed."""
+    """The convolution's weight (in x's dtype) and bias (float32 for half x) with an eval BatchNorm (running
+    statistics) folded in, computed now from the live tensors: O(weights) per call, differentiable."""
+    acc = accumulation_dtype(x.dtype)
     weight, conv_bias = conv.weight, conv.bias
     if bn is None:
-        bias = conv_bias.to(accumulation_dtype(x.dtype)) if conv_bias is not None else None
-        return weight.to(x.dtype), bias
-    tensors = [weight] + ([conv_bias] if conv_bias is not None else [])
-    cacheable = not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not (
-        torch.is_grad_enabled() and any(t.requires_grad for t in tensors + list(bn.parameters()))
-    )
-    scale, shift = batchnorm_scale_bias(bn, x)  # eval: folded running statistics (itself cached)
-    if cacheable:
-        key = (x.dtype, x.device, id(scale), id(shift)) + tuple((t.data_ptr(), t._version) for t in tensors)
-        cached = getattr(conv, "_fastblocks_folded", None)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-    acc = scale.dtype
+        return weight.to(x.dtype), (conv_bias.to(acc) if conv_bias is not None else None)
+    scale, shift = fold_batchnorm(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps, acc)
     folded_weight = (weight.to(acc) * scale.view(-1, 1, 1, 1)).to(x.dtype)
-    folded_bias = shift if conv_bias is None else shift + conv_bias.to(acc) * scale
-    if cacheable:
-        # a plain attribute, not a buffer: the conv's state_dict is unchanged; scale/shift are kept so their ids
-        # stay unique while the entry lives.
-        object.__setattr__(conv, "_fastblocks_folded", (key, folded_weight, folded_bias, scale, shift))
+    folded_bias = shift if conv_bias is None else torch.addcmul(shift, conv_bias.to(acc), scale)
     return folded_weight, folded_bias
+
+
+def zero_padded(conv: nn.Conv2d) -> bool:
+    """Zero padding given as numbers (what F.conv2d, oneDNN and the depthwise kernel take directly)."""
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+# CPU eval: fold the BatchNorm into the convolution's weight (oneDNN then runs conv + bias + activation) when the
+# weight has at most this many elements per output element; else convolution + one fused BN/activation pass over
+# the output. Both extra costs are one elementwise pass (over the weight, or over the output); see the issue 14
+# report for the measurements behind the ratio.
+FOLD_WEIGHT_RATIO = 1.0
+
+
+def _output_numel(x: Tensor, conv: nn.Conv2d) -> int:
+    n = x.shape[0] * conv.out_channels
+    for i in range(2):
+        size = x.shape[2 + i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1
+        n *= max(size // conv.stride[i] + 1, 0)
+    return n
+
+
+def fold_into_weight(x: Tensor, conv: nn.Conv2d) -> bool:
+    """CPU inference with oneDNN: is folding the BatchNorm into the weight cheaper than a pass over the output?"""
+    return conv.weight.numel() <= FOLD_WEIGHT_RATIO * _output_numel(x, conv)
+
+
+def fx_tracing() -> bool:
+    """Inside ``torch.fx.symbolic_trace`` (not torch.compile / export): values are Proxies, no Python may branch on
+    them, and the fused forwards take their traceable path (conv, then the :func:`_tail.bn_tail` leaf)."""
+    return not torch.compiler.is_compiling() and _fx_symbolic_tracing()
+
+
+def _fx_symbolic_tracing() -> bool:
+    try:
+        from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+    except ImportError:  # older torch
+        from torch.fx._symbolic_trace import _is_fx_tracing_flag as flag
+        return flag
+    return is_fx_symbolic_tracing()
 
 
 def onednn_inference_ok(x: Tensor, *tensors: Tensor) -> bool:
@@ -112,6 +140,7 @@ def onednn_inference_ok(x: Tensor, *tensors: Tensor) -> bool:
     return (
         not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
+        and not _fx_symbolic_tracing()
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and not torch.is_autocast_enabled("cpu")
@@ -125,8 +154,8 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
     """``act(bn(conv(relu(x) if input_relu else x)))`` with the fused paths described in the module docstring.
 
     ``conv`` is any ``nn.Conv2d``; ``bn`` an ``nn.BatchNorm2d`` (or ``None``); ``activation`` one of
-    ``"none"``, ``"relu"``, ``"relu6"``. Same result as the eager modules (within float rounding), same
-    running-statistics updates in training."""
+    ``"none"``, ``"relu"``, ``"relu6"``. Same result as the eager modules (within float rounding), same dtype,
+    same running-statistics updates in training."""
     _check_activation(activation, "conv_bn_act")
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"conv_bn_act: argument 'conv' must be an nn.Conv2d, got {type(conv).__name__}")
@@ -137,27 +166,48 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
         raise ValueError(
             f"conv_bn_act: argument 'bn' has {bn.num_features} features, conv has {conv.out_channels} outputs"
         )
-    use_batch_stats = bn is not None and (bn.training or bn.running_mean is None)
+    return fused_conv_bn_act(x, conv, bn, activation, input_relu)
+
+
+def fused_conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], activation: str, input_relu: bool,
+                      depthwise_kernel: Optional[bool] = None, swapped: bool = False) -> Tensor:
+    """conv_bn_act without argument checks. ``depthwise_kernel``: run a depthwise conv with
+    fastblocks::depthwise_conv2d (default: whenever it is depthwise) or PyTorch's convolution;
+    ``swapped``: see :func:`_tail.bn_tail`."""
+    fx = fx_tracing()
     depthwise = is_depthwise(conv)
-
-    if use_batch_stats:
-        if depthwise:
-            y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                                     "none", input_relu)
+    if depthwise_kernel is None or fx:
+        depthwise_kernel = depthwise
+    depthwise_kernel = depthwise_kernel and depthwise
+    if bn is not None and (fx or uses_batch_stats(bn)):
+        # batch statistics (or an FX trace): the bare convolution, then the BatchNorm tail (one fused pass)
+        if depthwise_kernel:
+            y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, "none",
+                                     input_relu)
         else:
-            y = conv(torch.relu(x) if input_relu else x)
-        return _affine_act(y, *batchnorm_scale_bias(bn, y), activation)
-
-    weight, bias = _folded_conv_params(conv, bn, x)
-    if depthwise:
+            y = conv._conv_forward(torch.relu(x) if input_relu else x, conv.weight, conv.bias)
+        return _tail.bn_tail([y], [_tail.bn_spec(bn)], None, activation, swapped)
+    if fx:  # no BatchNorm
+        if depthwise_kernel:
+            return ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                                        activation, input_relu)
+        y = conv._conv_forward(torch.relu(x) if input_relu else x, conv.weight, conv.bias)
+        return _apply_activation(y, activation, inplace=True)
+    if depthwise_kernel:
+        weight, bias = _folded_conv_params(conv, bn, x)
         return ops.depthwise_conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, activation,
                                     input_relu)
     if input_relu:
         x = torch.relu(x)
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        y = conv._conv_forward(x, weight, None if bias is None else bias.to(x.dtype))
+    if not zero_padded(conv):
+        y = conv._conv_forward(x, conv.weight, conv.bias)
+    elif bn is None or (onednn_inference_ok(x, conv.weight) and (depthwise or fold_into_weight(x, conv))):
+        return _library_conv_act(x, conv, *_folded_conv_params(conv, bn, x), activation)
+    else:
+        y = _library_conv_act(x, conv, conv.weight, conv.bias, "none")
+    if bn is None:
         return _apply_activation(y, activation, inplace=True)
-    return _library_conv_act(x, conv, weight, bias, activation)
+    return _tail.bn_tail([y], [_tail.bn_spec(bn)], None, activation, swapped)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -234,7 +284,7 @@ class SeparableConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         bns = [bn for bn in (self.bn_depthwise, self.bn_pointwise) if bn is not None]
-        if any(bn.training or bn.running_mean is None for bn in bns):
+        if any(uses_batch_stats(bn) for bn in bns):
             y = conv_bn_act(x, self.depthwise, self.bn_depthwise, self.depthwise_activation, self.input_relu)
             return conv_bn_act(y, self.pointwise, self.bn_pointwise, self.activation)
         dw_weight, dw_bias = _folded_conv_params(self.depthwise, self.bn_depthwise, x)
