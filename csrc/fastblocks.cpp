@@ -53,6 +53,19 @@ TORCH_LIBRARY(fastblocks, m) {
       " Tensor? pointwise_bias, int[2] stride, int[2] padding, int[2] dilation, str depthwise_activation=\"none\","
       " str activation=\"none\", bool input_relu=False) -> Tensor",
       tags);
+  // A BatchNorm's statistics (running or batch) folded into per-channel (scale, shift), all [C] in dtype (the
+  // accumulation dtype: float32 or float64): scale = weight / sqrt(var + eps), shift = bias - mean * scale
+  // (weight / bias None: 1 / 0). One launch on CUDA (csrc/common/batchnorm_fold.h).
+  m.def(
+      "batchnorm_fold(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps, ScalarType dtype)"
+      " -> (Tensor scale, Tensor shift)",
+      tags);
+  // The same folded into the convolution before the BatchNorm: weight = conv_weight * scale[o] (conv_weight's
+  // dtype and strides, o = dim 0), bias = shift + conv_bias * scale ([C] in dtype). One launch on CUDA.
+  m.def(
+      "batchnorm_fold_conv(Tensor conv_weight, Tensor? conv_bias, Tensor mean, Tensor var, Tensor? weight,"
+      " Tensor? bias, float eps, ScalarType dtype) -> (Tensor weight, Tensor bias)",
+      tags);
 }
 
 namespace {

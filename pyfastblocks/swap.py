@@ -428,8 +428,8 @@ _REPORTED_AT: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDic
 
 
 def _signature(m: nn.Module, guards: Tuple[str, ...]) -> tuple:
-    """What swap() recognized, for the guard: ``(keys, class, child names or None)`` per guarded child (every
-    module of a ``"name.**"`` subtree, with its child names)."""
+    """What swap() recognized, for the guard: ``(keys, class, child names)`` per guarded child (every module of a
+    ``"name.**"`` subtree, with its child names; ``None`` for a guarded child outside a subtree, () for a leaf)."""
     entries = []
     for path in guards:
         subtree = path.endswith(".**")
@@ -452,23 +452,26 @@ def _child(m: Optional[nn.Module], keys: Tuple[str, ...]) -> Optional[nn.Module]
 
 
 def _drift(block: nn.Module) -> Optional[str]:
-    """Why ``block`` is no longer what swap() recognized, or None (the fused forward may run). A few attribute reads
-    per guarded child."""
+    """Why ``block`` is no longer what swap() recognized, or None (the fused forward may run): a few attribute
+    reads per guarded child, at every call."""
     if F_.global_hooks():
         return "hooks are registered for every module (register_module_forward_hook and the like)"
     for keys, cls, children in getattr(block, "_fastblocks_expect", ()):
-        m = _child(block, keys)
+        m = block
+        for k in keys:
+            m = m._modules.get(k) if m is not None else None
         if type(m) is not cls:
             what = "parametrized " if hasattr(m, "parametrizations") else ""
-            return (f"{'.'.join(keys)} is now {what}{type(m).__name__}, swap() recognized {cls.__name__}")
+            return f"{'.'.join(keys)} is now {what}{type(m).__name__}, swap() recognized {cls.__name__}"
         if m is None:
             continue
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+        d = m.__dict__  # instance attributes, read from the dict (faster than attribute lookups on a Module)
+        if d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"] or d["_backward_pre_hooks"]:
             return (f"hooks on {'.'.join(keys)} (a forward / backward hook or pre-hook: also pruning, "
                     "weight_norm, spectral_norm, quantization observers)")
-        if "forward" in m.__dict__:
+        if "forward" in d:
             return f"forward is set on the instance of {'.'.join(keys)}"
-        if children is not None and tuple(m._modules) != children:
+        if children is not None and (tuple(d["_modules"]) != children if children else d["_modules"]):
             return f"the children of {'.'.join(keys) or 'the block'} changed"
     return None
 

@@ -33,8 +33,8 @@ from .. import ops
 from ..nn import _tail, is_depthwise
 from ..nn._tail import TRAINING_BACKEND
 from ..nn.batchnorm import uses_batch_stats
-from ..nn.conv import (_apply_activation, _folded_conv_params, fold_into_weight, fused_conv_bn_act, fx_tracing,
-                       onednn_inference_ok, zero_padded)
+from ..nn.conv import (_apply_activation, _folded_conv_params, _library_conv_act, fold_into_weight, fused_conv_bn_act,
+                       fx_tracing, onednn_inference_ok, zero_padded)
 
 # How a depthwise convolution runs, per device type: "fastblocks" (fastblocks::depthwise_conv2d, BN and
 # activation in its epilogue, input ReLU in its prologue), "library" (PyTorch's convolution with groups=C: on
@@ -191,8 +191,10 @@ def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: 
             list(conv.dilation), conv.groups, "add", 1.0, "relu" if relu else None, [], None)
     if depthwise and (fx or _fastblocks_depthwise(x, conv)):
         y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
-    else:
+    elif fx or not zero_padded(conv):
         y = conv._conv_forward(x, conv.weight, conv.bias)
+    else:  # oneDNN's convolution where it may run (CPU inference), else F.conv2d
+        y = _library_conv_act(x, conv, *_folded_conv_params(conv, None, x), "none")
     if bn is None:
         return _tail.add_act(y, residual, relu)
     return _tail.bn_tail([y], [_tail.bn_spec(bn)], residual, "relu" if relu else "none", True)

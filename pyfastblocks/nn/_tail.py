@@ -189,8 +189,14 @@ def _eager_tail(inputs: Sequence[Tensor], specs: Sequence[Spec], residual: Optio
     return ys[0] if len(ys) == 1 else torch.cat(ys, 1)
 
 
+_AUTOCAST_AVAILABLE: Dict[str, bool] = {}  # per device type (a property of the build, not of any model)
+
+
 def _autocast_on(device_type: str) -> bool:
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    available = _AUTOCAST_AVAILABLE.get(device_type)
+    if available is None:
+        available = _AUTOCAST_AVAILABLE[device_type] = torch.amp.is_autocast_available(device_type)
+    return available and torch.is_autocast_enabled(device_type)
 
 
 def _wants_grad(tensors) -> bool:
@@ -255,7 +261,10 @@ def _bn_tail(inputs, specs, residual, activation, batch) -> Tensor:
 
 
 def _promoted(tensors: Sequence[Tensor]) -> List[Tensor]:
+    """The tensors in their promoted dtype (eager's add / cat)."""
     dtype = tensors[0].dtype
+    if all(t.dtype == dtype for t in tensors):
+        return list(tensors)
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return [t if t.dtype == dtype else t.to(dtype) for t in tensors]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .. import ops
 from .._layout import accumulation_dtype
 
 
@@ -16,14 +17,10 @@ def fold_batchnorm(running_mean: Tensor, running_var: Tensor, weight: Optional[T
     """``(scale, shift)`` with ``x * scale[c] + shift[c] == batch_norm(x)`` for the given statistics:
     ``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale`` (``weight``/``bias``
     None: 1/0, a BatchNorm with ``affine=False``). All ``[C]``; computed and returned in ``dtype`` (the
-    accumulation dtype of the data: float32, float64 for float64 data). Differentiable in every tensor argument.
+    accumulation dtype of the data: float32, float64 for float64 data). One op (:func:`pyfastblocks.ops.
+    batchnorm_fold`: one launch on CUDA), differentiable in every tensor argument.
     """
-    invstd = torch.rsqrt(running_var.to(dtype) + eps)
-    scale = invstd if weight is None else invstd * weight.to(dtype)
-    mean = running_mean.to(dtype)
-    if bias is None:
-        return scale, -(mean * scale)
-    return scale, torch.addcmul(bias.to(dtype), mean, scale, value=-1)
+    return ops.batchnorm_fold(running_mean, running_var, weight, bias, eps, dtype)
 
 
 def uses_batch_stats(bn: _BatchNorm) -> bool:

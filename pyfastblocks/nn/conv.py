@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .. import ops
 from .._layout import accumulation_dtype
 from . import _tail
-from .batchnorm import fold_batchnorm, uses_batch_stats
+from .batchnorm import uses_batch_stats
 
 ACTIVATIONS = ("none", "relu", "relu6")
 
@@ -86,11 +86,13 @@ def _folded_conv_params(conv: nn.Conv2d, bn: Optional[_BatchNorm], x: Tensor) ->
     acc = accumulation_dtype(x.dtype)
     weight, conv_bias = conv.weight, conv.bias
     if bn is None:
-        return weight.to(x.dtype), (conv_bias.to(acc) if conv_bias is not None else None)
-    scale, shift = fold_batchnorm(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps, acc)
-    folded_weight = (weight.to(acc) * scale.view(-1, 1, 1, 1)).to(x.dtype)
-    folded_bias = shift if conv_bias is None else torch.addcmul(shift, conv_bias.to(acc), scale)
-    return folded_weight, folded_bias
+        folded_weight = weight
+        folded_bias = conv_bias if conv_bias is None or conv_bias.dtype == acc else conv_bias.to(acc)
+    else:
+        folded_weight, folded_bias = ops.batchnorm_fold_conv(weight, conv_bias, bn.running_mean, bn.running_var,
+                                                             bn.weight, bn.bias, bn.eps, acc)
+    # (dtype checks in Python: a no-op .to() still costs a dispatcher call per layer)
+    return folded_weight if folded_weight.dtype == x.dtype else folded_weight.to(x.dtype), folded_bias
 
 
 def zero_padded(conv: nn.Conv2d) -> bool:
@@ -98,11 +100,15 @@ def zero_padded(conv: nn.Conv2d) -> bool:
     return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
-# CPU eval: fold the BatchNorm into the convolution's weight (oneDNN then runs conv + bias + activation) when the
-# weight has at most this many elements per output element; else convolution + one fused BN/activation pass over
-# the output. Both extra costs are one elementwise pass (over the weight, or over the output); see the issue 14
-# report for the measurements behind the ratio.
-FOLD_WEIGHT_RATIO = 1.0
+# CPU eval: fold the BatchNorm into the convolution's weight (oneDNN then runs conv + bias + activation) or run the
+# convolution and then one fused BN + activation pass over its output? Folding costs an op call and a pass over the
+# weight, and a weight oneDNN has not seen before (a new tensor at every call) may cost it a fresh reorder: for
+# 512x512x3x3 that was 9 ms on one thread, 4 ns per weight element, while 1x1 weights cost ~0.2 ns. The other path
+# costs an op call or two and a pass over the output (~2 ns per element on one thread). Measured on this project's
+# 2-core CPU over ResNet / Inception / MobileNet / Xception layer shapes (issue 14 report): fold when
+# weight <= FOLD_WEIGHT_BASE + FOLD_WEIGHT_RATIO * output, per kernel kind (1x1, larger).
+FOLD_WEIGHT_BASE = {"1x1": 1 << 15, "kxk": 1 << 12}
+FOLD_WEIGHT_RATIO = {"1x1": 4.0, "kxk": 1.0}
 
 
 def _output_numel(x: Tensor, conv: nn.Conv2d) -> int:
@@ -115,7 +121,8 @@ def _output_numel(x: Tensor, conv: nn.Conv2d) -> int:
 
 def fold_into_weight(x: Tensor, conv: nn.Conv2d) -> bool:
     """CPU inference with oneDNN: is folding the BatchNorm into the weight cheaper than a pass over the output?"""
-    return conv.weight.numel() <= FOLD_WEIGHT_RATIO * _output_numel(x, conv)
+    kind = "1x1" if conv.kernel_size == (1, 1) else "kxk"
+    return conv.weight.numel() <= FOLD_WEIGHT_BASE[kind] + FOLD_WEIGHT_RATIO[kind] * _output_numel(x, conv)
 
 
 def fx_tracing() -> bool:
@@ -124,13 +131,13 @@ def fx_tracing() -> bool:
     return not torch.compiler.is_compiling() and _fx_symbolic_tracing()
 
 
-def _fx_symbolic_tracing() -> bool:
-    try:
-        from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-    except ImportError:  # older torch
-        from torch.fx._symbolic_trace import _is_fx_tracing_flag as flag
-        return flag
-    return is_fx_symbolic_tracing()
+try:
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as _fx_symbolic_tracing
+except ImportError:  # a torch without it: the flag that symbolic_trace sets
+    from torch.fx import _symbolic_trace as _fx_module
+
+    def _fx_symbolic_tracing() -> bool:
+        return _fx_module._is_fx_tracing_flag
 
 
 def onednn_inference_ok(x: Tensor, *tensors: Tensor) -> bool:
