@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/batchnorm_fold_emulation.h"
 #include "cpu/depthwise_backend.h"
 #include "cpu/depthwise_tiled_emulation.h"
 #include "cpu/kernels.h"
@@ -99,4 +100,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Test hooks: the CUDA backend's tiled depthwise programs run on the CPU (cpu/depthwise_tiled_emulation.h).
   m.def("_emulate_tiled_depthwise_forward", &fastblocks::emulate_tiled_depthwise_forward);
   m.def("_emulate_tiled_depthwise_backward", &fastblocks::emulate_tiled_depthwise_backward);
+  // Test hook: the CUDA launch of batchnorm_fold(_conv) run on the CPU (cpu/batchnorm_fold_emulation.h).
+  m.def("_emulate_batchnorm_fold", &fastblocks::emulate_batchnorm_fold);
 }

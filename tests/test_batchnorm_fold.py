@@ -170,3 +170,28 @@ def test_mixed_devices_name_the_argument():
     mean, var, weight, bias = stats(4, "cuda")
     with pytest.raises(RuntimeError, match="argument 'bias'"):
         ops.batchnorm_fold(mean, var, weight, bias.cpu())
+
+
+@pytest.mark.parametrize("acc", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weight_dtype,layout,conv_bias", [
+    (torch.float32, "contiguous", True), (torch.float16, "channels_last", False), (torch.bfloat16, "strided", True),
+    (torch.float64, "contiguous", False)])
+def test_cuda_kernel_emulated_on_the_cpu(acc, weight_dtype, layout, conv_bias):
+    """The CUDA launch (its grid, each thread's grid-stride loop over fold_element) run on the CPU equals the CPU impl
+    exactly (the same per-channel math; outputs NaN-filled first, so a skipped element shows): several blocks, and
+    a weight of more than 65535 blocks x 256 threads so that the grid-stride loop wraps."""
+    from pyfastblocks import _C
+
+    for shape in [(600, 70, 3, 3), (3, 5)] + ([(4100, 4100, 1, 1)] if acc == torch.float32 else []):
+        c = shape[0]
+        mean, var, weight, bias = stats(c, "cpu")
+        w = conv_weight(shape, "cpu", weight_dtype, layout if len(shape) == 4 else "contiguous")
+        cb = torch.randn(c) if conv_bias else None
+        got = _C._emulate_batchnorm_fold(w, cb, mean, var, weight, bias, 1e-5, acc)
+        want = ops.batchnorm_fold_conv(w, cb, mean, var, weight, bias, 1e-5, acc)
+        for g, e in zip(got, want):
+            assert torch.equal(g, e) and g.stride() == e.stride()
+        got = _C._emulate_batchnorm_fold(None, None, mean, var, weight, bias, 1e-5, acc)
+        want = ops.batchnorm_fold(mean, var, weight, bias, 1e-5, acc)
+        for g, e in zip(got, want):
+            assert torch.equal(g, e)

@@ -8,9 +8,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
 
 #include "common/batchnorm_fold_host.h"
+#include "cpu/batchnorm_fold_emulation.h"
 
 namespace fastblocks {
 namespace {
@@ -73,7 +75,56 @@ std::tuple<at::Tensor, at::Tensor> batchnorm_fold_conv_cpu(const at::Tensor& con
   return {plan.first, plan.second};
 }
 
+// The CUDA launch of batchnorm_fold_kernel.cu, emulated: its grid (256 threads per block, at most 65535
+// blocks), each thread's grid-stride loop over fold_element, outputs NaN-filled first.
+template <typename acc_t, typename weight_t>
+void emulate_grid(const BatchNormFoldArgs& a) {
+  constexpr int64_t kThreads = 256;
+  const int64_t n = fold_elements(a);
+  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, 65535);
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (int64_t thread = 0; thread < kThreads; ++thread) {
+      for (int64_t i = block * kThreads + thread; i < n; i += blocks * kThreads) fold_element<acc_t, weight_t>(a, i);
+    }
+  }
+}
+
+template <typename acc_t>
+void emulate_for_weight(const BatchNormFoldArgs& a) {
+  if (a.folded_weight == nullptr) return emulate_grid<acc_t, acc_t>(a);
+  switch (a.weight_dtype) {
+    case at::kFloat: return emulate_grid<acc_t, float>(a);
+    case at::kDouble: return emulate_grid<acc_t, double>(a);
+    case at::kHalf: return emulate_grid<acc_t, c10::Half>(a);
+    case at::kBFloat16: return emulate_grid<acc_t, c10::BFloat16>(a);
+    default: TORCH_CHECK(false, "fastblocks::batchnorm_fold_conv: unsupported weight dtype ", a.weight_dtype);
+  }
+}
+
+void emulate(BatchNormFoldPlan& plan) {
+  for (auto* t : {&plan.first, &plan.second}) {
+    if (t->numel() > 0) t->fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  if (fold_elements(plan.args) == 0) return;
+  if (plan.args.acc == at::kDouble) return emulate_for_weight<double>(plan.args);
+  emulate_for_weight<float>(plan.args);
+}
+
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor> emulate_batchnorm_fold(const std::optional<at::Tensor>& conv_weight,
+                                                          const std::optional<at::Tensor>& conv_bias,
+                                                          const at::Tensor& mean, const at::Tensor& var,
+                                                          const std::optional<at::Tensor>& weight,
+                                                          const std::optional<at::Tensor>& bias, double eps,
+                                                          at::ScalarType dtype) {
+  TORCH_CHECK(mean.device().is_cpu(), "_emulate_batchnorm_fold: the emulator runs on CPU tensors");
+  auto plan = conv_weight.has_value() && conv_weight->defined()
+                  ? plan_batchnorm_fold_conv(*conv_weight, conv_bias, mean, var, weight, bias, eps, dtype)
+                  : plan_batchnorm_fold(mean, var, weight, bias, eps, dtype);
+  emulate(plan);
+  return {plan.first, plan.second};
+}
 
 TORCH_LIBRARY_IMPL(fastblocks, CPU, m) {
   m.impl("batchnorm_fold", &batchnorm_fold_cpu);
