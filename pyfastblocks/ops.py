@@ -556,8 +556,8 @@ def _batchnorm_fold_conv_fake(conv_weight, conv_bias, mean, var, weight, bias, e
 def _fold_chain(ctx, grad_scale, grad_shift, scale, mean, var, weight, bias):
     """Gradients of (mean, var, weight, bias) from those of scale = weight * invstd, shift = bias - mean * scale."""
     acc = scale.dtype
-    mean_a, var_a = mean.to(acc), var.to(acc)
-    invstd = torch.rsqrt(var_a + ctx.eps)
+    mean_a = mean.to(acc)
+    invstd = batchnorm_fold(mean, var, None, None, ctx.eps, acc)[0]  # 1 / sqrt(var + eps)
     grad_scale_total = grad_scale - mean_a * grad_shift  # scale also enters shift
     needs = ctx.needs_stats
     grad_mean = (-grad_shift * scale).to(mean.dtype) if needs[0] else None

@@ -213,3 +213,31 @@ def test_ops_do_not_depend_on_the_thread_count(op):
     _assert_bitwise_equal(results[0], results[1], f"{op}: 1 vs 2 threads")
     _assert_bitwise_equal(results[0], results[2], f"{op}: 1 vs 3 threads")
 
+
+
+@pytest.mark.parametrize("shape,channels_last", [((4, 64, 14, 14), True), ((32, 16, 16, 16), False),
+                                                 ((2, 8, 5, 5), False)])
+def test_routed_depthwise_gradients_do_not_depend_on_the_thread_count(shape, channels_last):
+    """Issue 14, failing input 8: float32 depthwise_conv2d forward + backward with the default CPU backend ("auto"),
+    on shapes it routes to oneDNN (channels_last, small planes), outside deterministic mode: 1 and 2 threads gave
+    weight/bias gradients ~3e-5 apart. The routed backward now takes only the input gradient from oneDNN."""
+    assert ops.cpu_depthwise_backend() == "auto" and not torch.are_deterministic_algorithms_enabled()
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g)
+        x = _leaf(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+        w = _leaf(torch.randn(shape[1], 1, 3, 3, generator=g))
+        b = _leaf(torch.randn(shape[1], generator=g))
+        y = ops.depthwise_conv2d(x, w, b, 1, 1, 1, "relu")
+        return [y.detach()] + list(torch.autograd.grad(y, [x, w, b], torch.randn(y.shape, generator=g)))
+
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(run())
+    finally:
+        torch.set_num_threads(before)
+    _assert_bitwise_equal(results[0], results[1], "depthwise_conv2d: 1 vs 2 threads")

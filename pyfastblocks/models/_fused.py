@@ -172,13 +172,16 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
     return fused_conv_bn_act(x, conv, bn, activation, input_relu, depthwise_kernel, swapped=True)
 
 
-def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: Tensor, relu: bool) -> Tensor:
+def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: Tensor, relu: bool,
+                add: str = "promote") -> Tensor:
     """``act(bn(conv(x)) + residual)``, act = ReLU if ``relu`` else none, in (at most) one pass after the conv.
 
     Eval on CPU: one oneDNN convolution whose weight and bias have the BatchNorm folded in (at this call) and
     whose post-ops are the add and the ReLU, where folding the weight costs less than a pass over the output.
     Otherwise the bare convolution, then ``fastblocks::add_relu`` with the BatchNorm (batch statistics in training,
-    running statistics in eval) as its scale/bias. The result has eager's dtype (under autocast the add promotes).
+    running statistics in eval) as its scale/bias. The result has the original's dtype: ``add`` says how the
+    original adds (``"promote"``: ``bn(conv(x)) + residual``; ``"bn"``: ``out += residual``; ``"residual"``:
+    ``residual += bn(conv(x))``), which matters under autocast.
     """
     fx = fx_tracing()
     depthwise = is_depthwise(conv)
@@ -196,8 +199,8 @@ def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: 
     else:  # oneDNN's convolution where it may run (CPU inference), else F.conv2d
         y = _library_conv_act(x, conv, *_folded_conv_params(conv, None, x), "none")
     if bn is None:
-        return _tail.add_act(y, residual, relu)
-    return _tail.bn_tail([y], [_tail.bn_spec(bn)], residual, "relu" if relu else "none", True)
+        return _tail.add_act(y, residual, relu, add)
+    return _tail.bn_tail([y], [_tail.bn_spec(bn)], residual, "relu" if relu else "none", True, add)
 
 
 def bn_act(x: Tensor, bn: Optional[_BatchNorm], activation: str) -> Tensor:

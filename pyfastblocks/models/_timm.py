@@ -32,7 +32,7 @@ def _residual_tail(self, h: Tensor, shortcut: Tensor, conv: nn.Conv2d, norm: nn.
     if self.se is None and self.drop_path is None and inner == "none" and outer in ("relu", "none"):
         if self.downsample is not None:
             shortcut = self.downsample(shortcut)
-        return conv_bn_add(h, conv, bn, shortcut, relu=outer == "relu")
+        return conv_bn_add(h, conv, bn, shortcut, relu=outer == "relu", add="bn")  # x += shortcut
     y = conv_bn_act(h, conv, bn, inner)
     if self.se is not None:
         y = self.se(y)
@@ -41,8 +41,8 @@ def _residual_tail(self, h: Tensor, shortcut: Tensor, conv: nn.Conv2d, norm: nn.
     if self.downsample is not None:
         shortcut = self.downsample(shortcut)
     if outer in ("relu", "none"):
-        return _tail.add_act(y, shortcut, outer == "relu")
-    return act(y + shortcut)
+        return _tail.add_act(y, shortcut, outer == "relu", "bn")
+    return act((y + shortcut).to(y.dtype))  # timm: x += shortcut (x's dtype; out of place: y may be saved for backward)
 
 
 def timm_basic_block_forward(self, x: Tensor) -> Tensor:

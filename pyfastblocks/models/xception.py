@@ -66,13 +66,13 @@ def legacy_block_forward(self, inp: Tensor) -> Tensor:
             h = conv_bn_act(d, sep.pointwise, bn, "relu" if stages[i + 1][2] else "none")
         elif pool is None:
             residual = conv_bn_act(inp, self.skip, self.skipbn, "none") if skip else inp
-            return conv_bn_add(d, sep.pointwise, bn, residual, relu=False)
+            return conv_bn_add(d, sep.pointwise, bn, residual, relu=False, add="bn")  # x += skip
         else:
             h = mods[pool](conv_bn_act(d, sep.pointwise, bn, "none"))
     # after the max-pool: the residual conv + BN takes the add
-    if skip:
-        return conv_bn_add(inp, self.skip, self.skipbn, h, relu=False)
-    return h + inp
+    if skip:  # x += skip, x being the main path (here the residual argument)
+        return conv_bn_add(inp, self.skip, self.skipbn, h, relu=False, add="residual")
+    return (h + inp).to(h.dtype)  # timm: x += skip
 
 
 def legacy_xception_forward_features(self, x: Tensor) -> Tensor:

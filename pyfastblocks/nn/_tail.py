@@ -176,14 +176,22 @@ class _BatchNormTail(torch.autograd.Function):
         return (None, None, None, None, *grad_inputs, grad_residual, *grad_weights, *grad_biases, *([None] * (2 * k)))
 
 
+def _eager_add(y: Tensor, residual: Tensor, add: str) -> Tensor:
+    """``y + residual`` as the original block writes it: ``"promote"`` (``a + b``), ``"bn"`` (``y += residual``:
+    y's dtype), ``"residual"`` (``residual += y``: the residual's dtype; computed out of place)."""
+    if add == "bn" or (add == "promote" and torch.promote_types(y.dtype, residual.dtype) == y.dtype):
+        return y.add_(residual)
+    out = y + residual
+    return out.to(residual.dtype) if add == "residual" else out
+
+
 def _eager_tail(inputs: Sequence[Tensor], specs: Sequence[Spec], residual: Optional[Tensor],
-                activation: str) -> Tensor:
+                activation: str, add: str = "promote") -> Tensor:
     """The tail as eager PyTorch runs it: ATen's batch_norm per input, then the add + ReLU or the activation in
     place and the concat."""
     ys = [_eager_batchnorm(x, s) for x, s in zip(inputs, specs)]
     if residual is not None:
-        y = ys[0]
-        y = y.add_(residual) if torch.promote_types(y.dtype, residual.dtype) == y.dtype else y + residual
+        y = _eager_add(ys[0], residual, add)
         return torch.relu_(y) if activation == "relu" else y
     ys = [_conv._apply_activation(y, activation, inplace=True) for y in ys]
     return ys[0] if len(ys) == 1 else torch.cat(ys, 1)
@@ -204,7 +212,7 @@ def _wants_grad(tensors) -> bool:
 
 
 def bn_tail(inputs: List[Tensor], specs: List[Spec], residual: Optional[Tensor] = None, activation: str = "relu",
-            swapped: bool = False) -> Tensor:
+            swapped: bool = False, add: str = "promote") -> Tensor:
     """``act(cat([bn_i(inputs[i])], 1))``, or ``act(bn(inputs[0]) + residual)`` with a residual, as one fused pass.
 
     ``inputs``: ``[N, C_i, ...]`` tensors agreeing in every dim but 1 (one, with a residual of its shape).
@@ -216,22 +224,24 @@ def bn_tail(inputs: List[Tensor], specs: List[Spec], residual: Optional[Tensor] 
     :data:`TRAINING_BACKEND`, and the result has eager's dtype (BatchNorm keeps its input's dtype, the add and the
     concat promote, autocast touches none of them). Otherwise (the ``pyfastblocks.nn`` modules) batch statistics
     always run fused, and under autocast the data runs in the autocast dtype as the ops' autocast rules have it
-    (:mod:`pyfastblocks._autocast`).
+    (:mod:`pyfastblocks._autocast`). ``add`` (with a residual, ``swapped``): how the original adds, which sets
+    the result's dtype: ``"promote"`` (``bn(x) + residual``), ``"bn"`` (``out += residual``: the BatchNorm
+    output's dtype), ``"residual"`` (``residual += bn(x)``: the residual's dtype).
     """
     x0 = inputs[0]
     batch = [_batch_stats_mode(s) for s in specs]
     if residual is not None and residual.shape != x0.shape:  # broadcasting: eager's add
-        return _eager_tail(inputs, specs, residual, activation)
+        return _eager_tail(inputs, specs, residual, activation, add)
     if any(batch):
         eager = swapped and TRAINING_BACKEND.get(x0.device.type, "fastblocks") == "eager"
         # an empty batch / one value per channel: BatchNorm's own result (empty) or error
         if eager or any(b and x.numel() <= x.size(1) for x, b in zip(inputs, batch)):
-            return _eager_tail(inputs, specs, residual, activation)
+            return _eager_tail(inputs, specs, residual, activation, add)
     data = list(inputs) + ([] if residual is None else [residual])
     device_type = x0.device.type
     autocast = _autocast_on(device_type)
     if swapped:
-        data = _promoted(data)
+        data = _promoted(data, None if residual is None else _ADD_DTYPE[add](x0, residual))
     elif autocast:  # what the ops' autocast rules would do, up front (the backward needs the data as run)
         dtype = torch.get_autocast_dtype(device_type)
         data = [_autocast_data(t, device_type, dtype) for t in data]
@@ -260,23 +270,33 @@ def _bn_tail(inputs, specs, residual, activation, batch) -> Tensor:
     return _conv._apply_activation(out, post, inplace=False) if post is not None else out
 
 
-def _promoted(tensors: Sequence[Tensor]) -> List[Tensor]:
-    """The tensors in their promoted dtype (eager's add / cat)."""
-    dtype = tensors[0].dtype
-    if all(t.dtype == dtype for t in tensors):
-        return list(tensors)
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+# The result dtype of the residual add, by how the original writes it (see bn_tail's ``add``).
+_ADD_DTYPE = {
+    "promote": lambda y, residual: None,
+    "bn": lambda y, residual: y.dtype,
+    "residual": lambda y, residual: residual.dtype,
+}
+
+
+def _promoted(tensors: Sequence[Tensor], dtype: Optional[torch.dtype] = None) -> List[Tensor]:
+    """The tensors in ``dtype``, by default their promoted dtype (eager's add / cat)."""
+    if dtype is None:
+        dtype = tensors[0].dtype
+        if all(t.dtype == dtype for t in tensors):
+            return list(tensors)
+        for t in tensors[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
     return [t if t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
-def add_act(y: Tensor, residual: Tensor, relu: bool) -> Tensor:
+def add_act(y: Tensor, residual: Tensor, relu: bool, add: str = "promote") -> Tensor:
     """``relu(y + residual)`` (``relu=False``: ``y + residual``) as one ``fastblocks::add_relu`` pass, with eager's
-    result dtype (the add promotes; autocast leaves it alone). Broadcasting shapes run as eager ops."""
+    result dtype (``add``: as in :func:`bn_tail`; autocast leaves the add alone). Broadcasting shapes run as eager
+    ops."""
     if y.shape != residual.shape:
-        out = y + residual
+        out = _eager_add(y.clone() if add == "bn" else y, residual, add)
         return torch.relu(out) if relu else out
-    y, residual = _promoted([y, residual])
+    y, residual = _promoted([y, residual], _ADD_DTYPE[add](y, residual))
     device_type = y.device.type
     if _autocast_on(device_type):
         with torch.autocast(device_type, enabled=False):
