@@ -206,7 +206,8 @@ def test_input7_empty_batch_in_training(kind):
         m(one, one) if kind == "BNAddReLU" else m(one)
 
 
-# input 8 (depthwise gradients independent of the thread count): tests/test_determinism.py
+# input 8 (depthwise gradients and the thread count): tests/test_determinism.py
+# (test_routed_depthwise_gradients_and_the_thread_count)
 
 
 # ================================================================================================================

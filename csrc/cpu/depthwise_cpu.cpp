@@ -5,9 +5,11 @@
 // to oneDNN through ATen's convolution (then the activation in place; the backward masks grad_out by the activation
 // first and the input ReLU after), because on x86 it beats this project's kernels there (channels_last: ours is
 // 0.2-0.7x of it; NCHW planes up to 20x20 forward and 28x28 backward: 0.3-0.8x; benchmarks/results/). Everything
-// else, every dtype but float32, and every call in deterministic mode runs this project's kernels. The routed
-// backward takes only the input gradient from oneDNN: weight and bias gradients always come from our kernels, whose
-// sums run in a fixed order, so every result is independent of the thread count.
+// else, every dtype but float32, and every call in deterministic mode (our weight gradients are summed in a fixed
+// order, independent of the thread count; oneDNN's are not: its float32 weight/bias gradients of 1 and 2 threads
+// differ by ~3e-5) runs this project's kernels. Taking only the input gradient from oneDNN and the weight/bias
+// gradients from our kernel made the routed backward 1.4-3.4x slower on one thread (issue 14 report), so the
+// thread-count independence is promised in deterministic mode and with set_cpu_depthwise_backend("fastblocks").
 // set_cpu_depthwise_backend("fastblocks") always runs them (tests, benchmarks).
 #include <ATen/ATen.h>
 #include <c10/core/MemoryFormat.h>
@@ -82,25 +84,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
                                       output_mask, /*allocate_outputs=*/false);
   const auto& a = plan.args;
   if (out.numel() > 0 && onednn_faster(a.geo, a.dtype, kOneDnnBackwardMaxPlane)) {
-    // oneDNN gives the input gradient (no sum over the batch: the same for any thread count); the weight and
-    // bias gradients, sums over N x H x W, come from this project's fixed-order kernel (oneDNN splits those sums
-    // by thread: 1 and 2 threads differed by ~3e-5).
-    at::Tensor gi;
+    at::Tensor g = plan.grad_out;
+    if (a.activation == Activation::kReLU) g = at::threshold_backward(g, plan.out, 0);
+    if (a.activation == Activation::kReLU6) g = at::hardtanh_backward(g, plan.out, 0, 6);
+    const int64_t out_channels = a.geo.out_channels();
+    auto [gi, gw, gb] = at::convolution_backward(
+        g, input_relu ? at::relu(plan.x) : plan.x, plan.weight,
+        output_mask[2] ? at::OptionalIntArrayRef(at::IntArrayRef(&out_channels, 1)) : std::nullopt, stride, padding,
+        dilation, /*transposed=*/false, /*output_padding=*/{0, 0}, a.geo.channels, output_mask);
     if (output_mask[0]) {
-      at::Tensor g = plan.grad_out;
-      if (a.activation == Activation::kReLU) g = at::threshold_backward(g, plan.out, 0);
-      if (a.activation == Activation::kReLU6) g = at::hardtanh_backward(g, plan.out, 0, 6);
-      gi = std::get<0>(at::convolution_backward(
-          g, input_relu ? at::relu(plan.x) : plan.x, plan.weight, std::nullopt, stride, padding, dilation,
-          /*transposed=*/false, /*output_padding=*/{0, 0}, a.geo.channels, {true, false, false}));
       if (input_relu) gi = at::threshold_backward(gi, plan.x, 0);
       gi = in_promised_layout(gi, a.geo);
     }
-    plan.output_mask = {false, output_mask[1], output_mask[2]};
-    allocate_depthwise_backward_outputs(plan);
-    if (output_mask[1] || output_mask[2]) FASTBLOCKS_CPU_KERNEL(depthwise_backward, plan.args);
-    finish_depthwise_backward(plan);
-    return {output_mask[0] ? gi : at::empty({0}, x.options()), plan.grad_weight, plan.grad_bias};
+    const auto none = [&](const at::TensorOptions& o) { return at::empty({0}, o); };
+    return {output_mask[0] ? gi : none(x.options()), output_mask[1] ? gw.contiguous() : none(weight.options()),
+            output_mask[2] ? gb : none(x.options())};
   }
   allocate_depthwise_backward_outputs(plan);
   if (out.numel() > 0) {
