@@ -108,6 +108,8 @@ def _split_activation(activation: str) -> Tuple[bool, Optional[str]]:
 def _run_op(inputs: Sequence[Tensor], residual: Optional[Tensor], scale: Tensor, shift: Tensor, relu: bool) -> Tensor:
     if residual is not None:
         return ops.add_relu(inputs[0], residual, scale, shift, relu=relu)
+    if len(inputs) == 1:  # the one-input op (its errors name 'x')
+        return ops.affine_relu(inputs[0], scale, shift, relu=relu)
     return ops.branch_concat(list(inputs), scale, shift, relu=relu)
 
 
@@ -230,7 +232,7 @@ def bn_tail(inputs: List[Tensor], specs: List[Spec], residual: Optional[Tensor] 
     """
     x0 = inputs[0]
     batch = [_batch_stats_mode(s) for s in specs]
-    if residual is not None and residual.shape != x0.shape:  # broadcasting: eager's add
+    if swapped and residual is not None and residual.shape != x0.shape:  # the original's add broadcasts
         return _eager_tail(inputs, specs, residual, activation, add)
     if any(batch):
         eager = swapped and TRAINING_BACKEND.get(x0.device.type, "fastblocks") == "eager"
