@@ -11,8 +11,9 @@ or the running statistics are fixed when tracing, as the traced module's mode is
 - Batch statistics (training, or no running stats): ATen's statistics kernel (``batch_norm_update_stats``, which
   also updates the running statistics as BatchNorm does), then the one fused pass. Its backward is exact as
   eager's: the op's backward without scale gives the gradient at the BatchNorm's output, and ATen's
-  ``native_batch_norm_backward`` carries it through the statistics (centered sums; differentiating through
-  ``var_mean`` and an uncentered ``sum(g * x)`` instead lost up to 100x float32 precision).
+  ``native_batch_norm_backward`` carries it through the statistics (centered sums, eager's very function;
+  differentiating through ``var_mean`` with an uncentered ``sum(g * x)`` lost 2-4x of float32 precision where a
+  channel's mean is large against its spread and there are few values per channel).
 - ``TRAINING_BACKEND`` (``swapped=True``: the models' and swap's calls) may send batch statistics to ATen's
   ``batch_norm`` followed by eager activation / add / concat; an empty batch or one value per channel always goes
   there (BatchNorm's own results and errors).
