@@ -105,8 +105,9 @@ def zero_padded(conv: nn.Conv2d) -> bool:
 # weight, and a weight oneDNN has not seen before (a new tensor at every call) may cost it a fresh reorder: for
 # 512x512x3x3 that was 9 ms on one thread, 4 ns per weight element, while 1x1 weights cost ~0.2 ns. The other path
 # costs an op call or two and a pass over the output (~2 ns per element on one thread). Measured on this project's
-# 2-core CPU over ResNet / Inception / MobileNet / Xception layer shapes (benchmarks/results/2026-11-29-cpu-live-overhead): fold when
-# weight <= FOLD_WEIGHT_BASE + FOLD_WEIGHT_RATIO * output, per kernel kind (1x1, larger).
+# 2-core CPU over ResNet / Inception / MobileNet / Xception layer shapes
+# (benchmarks/results/2026-11-29-cpu-live-overhead): fold when weight <= FOLD_WEIGHT_BASE + FOLD_WEIGHT_RATIO *
+# output, per kernel kind (1x1, larger).
 FOLD_WEIGHT_BASE = {"1x1": 1 << 15, "kxk": 1 << 12}
 FOLD_WEIGHT_RATIO = {"1x1": 4.0, "kxk": 1.0}
 
