@@ -667,9 +667,10 @@ def swap(model: nn.Module, inplace: bool = False, report: bool = False):
     replaced child of another class, hooks for every module) runs its original forward instead; the report's
     ``stepped_aside`` and the ``pyfastblocks`` logger (debug) say which and why. ``torch.fx.symbolic_trace`` and
     torchvision's ``create_feature_extractor`` trace the fused forwards (each BatchNorm tail one node; the mode
-    at trace time decides batch or running statistics, as for any traced module). ``TRAINING_BACKEND`` / ``DEPTHWISE_BACKEND`` in
-    :mod:`pyfastblocks.models` choose, per device, how batch statistics and depthwise convolutions run. Swap
-    before wrapping the model in DDP / DataParallel.
+    at trace time decides batch or running statistics, as for any traced module).
+
+    ``TRAINING_BACKEND`` / ``DEPTHWISE_BACKEND`` in :mod:`pyfastblocks.models` choose, per device, how batch
+    statistics and depthwise convolutions run. Swap before wrapping the model in DDP / DataParallel.
 
     Args:
         model: the model (any mode, device, dtype; the fused forwards follow ``model.train()``/``eval()``).
