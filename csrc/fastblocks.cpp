@@ -4,6 +4,7 @@
                                       // whole C++ frontend, a large share of this file's compile time)
 #include <torch/library.h>
 
+#include "cpu/batchnorm_fold_emulation.h"
 #include "cpu/depthwise_backend.h"
 #include "cpu/depthwise_tiled_emulation.h"
 #include "cpu/epilogue_emulation.h"
@@ -27,7 +28,8 @@ TORCH_LIBRARY(fastblocks, m) {
       " float negative_slope=0.01) -> Tensor",
       tags);
   // g = act'(z) * grad_out. grad_residual = g; grad_x = g * scale ([0] when scale is None: it equals grad_residual).
-  // x and residual are required unless activation is "none". With compute_param_grads: grad_bias = sum(g) per
+  // x is required unless activation is "none"; residual None: z = x * scale + bias (the one-input epilogue, g being
+  // its gradient at the pre-activation). With compute_param_grads: grad_bias = sum(g) per
   // channel and, when x and scale are given, grad_scale = sum(g * x); both [C] in the accumulation dtype (float64 for
   // float64 data, else float32), else [0].
   m.def(
@@ -41,12 +43,14 @@ TORCH_LIBRARY(fastblocks, m) {
       "branch_concat(Tensor[] inputs, Tensor? scale=None, Tensor? bias=None, str activation=\"relu\","
       " float negative_slope=0.01) -> Tensor",
       tags);
-  // One gradient per branch (channels[i] channels each, in the inputs' memory order). inputs may be empty only
-  // with activation "none". With compute_param_grads, grad_bias = sum(g) per channel and, when inputs and scale are
-  // given, grad_scale = sum(g * cat(inputs)); both [C] in the accumulation dtype, else [0].
+  // One gradient per branch (channels[i] channels each, in the inputs' memory order): g * scale, or with
+  // grad_at_preactivation g itself (the gradient at the pre-activation, which the training path's BatchNorm tails
+  // hand to ATen's batch_norm backward). inputs may be empty only with activation "none". With
+  // compute_param_grads, grad_bias = sum(g) per channel and, when inputs and scale are given, grad_scale =
+  // sum(g * cat(inputs)); both [C] in the accumulation dtype, else [0].
   m.def(
       "branch_concat_backward(Tensor grad_out, SymInt[] channels, Tensor[] inputs, Tensor? scale, Tensor? bias,"
-      " str activation, float negative_slope, bool compute_param_grads)"
+      " str activation, float negative_slope, bool compute_param_grads, bool grad_at_preactivation=False)"
       " -> (Tensor[] grad_inputs, Tensor grad_scale, Tensor grad_bias)",
       tags);
   // act(F.conv2d(relu(x) if input_relu else x, weight, bias, stride, padding, dilation, groups=C));
@@ -70,6 +74,19 @@ TORCH_LIBRARY(fastblocks, m) {
       " Tensor? pointwise_bias, int[2] stride, int[2] padding, int[2] dilation, str depthwise_activation=\"none\","
       " str activation=\"none\", bool input_relu=False, float depthwise_negative_slope=0.01,"
       " float negative_slope=0.01) -> Tensor",
+      tags);
+  // A BatchNorm's statistics (running or batch) folded into per-channel (scale, shift), all [C] in dtype (the
+  // accumulation dtype: float32 or float64): scale = weight / sqrt(var + eps), shift = bias - mean * scale
+  // (weight / bias None: 1 / 0). One launch on CUDA (csrc/common/batchnorm_fold.h).
+  m.def(
+      "batchnorm_fold(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps, ScalarType dtype)"
+      " -> (Tensor scale, Tensor shift)",
+      tags);
+  // The same folded into the convolution before the BatchNorm: weight = conv_weight * scale[o] (conv_weight's
+  // dtype and strides, o = dim 0), bias = shift + conv_bias * scale ([C] in dtype). One launch on CUDA.
+  m.def(
+      "batchnorm_fold_conv(Tensor conv_weight, Tensor? conv_bias, Tensor mean, Tensor var, Tensor? weight,"
+      " Tensor? bias, float eps, ScalarType dtype) -> (Tensor weight, Tensor bias)",
       tags);
 }
 
@@ -113,5 +130,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_emulate_add_act", &fastblocks::emulate_add_act);
   m.def("_emulate_add_act_backward", &fastblocks::emulate_add_act_backward);
   m.def("_emulate_branch_concat", &fastblocks::emulate_branch_concat);
-  m.def("_emulate_branch_concat_backward", &fastblocks::emulate_branch_concat_backward);
+  m.def("_emulate_branch_concat_backward", &fastblocks::emulate_branch_concat_backward, py::arg("grad_out"),
+        py::arg("channels"), py::arg("inputs"), py::arg("scale"), py::arg("bias"), py::arg("activation"),
+        py::arg("negative_slope"), py::arg("compute_param_grads"), py::arg("grad_at_preactivation") = false);
+  // Test hook: the CUDA launch of batchnorm_fold(_conv) run on the CPU (cpu/batchnorm_fold_emulation.h).
+  m.def("_emulate_batchnorm_fold", &fastblocks::emulate_batchnorm_fold);
 }

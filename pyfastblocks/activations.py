@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Activation", "ACTIVATIONS", "NAMES", "get", "from_module", "apply", "compose", "check"]
+__all__ = ["Activation", "ACTIVATIONS", "NAMES", "get", "from_module", "apply", "compose", "check", "spec",
+           "spec_of_module", "split", "compose_specs"]
 
 DEFAULT_NEGATIVE_SLOPE = 0.01
 
@@ -146,3 +147,37 @@ def compose(first: Optional[Tuple[str, float]], second: Optional[Tuple[str, floa
     if {first[0], second[0]} == {"relu", "relu6"}:  # relu6 absorbs relu in either order
         return "relu6", DEFAULT_NEGATIVE_SLOPE
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Activation specs: one string for an activation and its argument, for the fused forwards of pyfastblocks.models /
+# swap(), which pass activations around as plain strings (constants to torch.compile and torch.fx): the table's
+# name, or "leaky_relu:<slope>" for a LeakyReLU whose slope is not the default. The public ops take (activation,
+# negative_slope) instead.
+
+
+def spec(activation: str, negative_slope: float = DEFAULT_NEGATIVE_SLOPE) -> str:
+    """The spec string of ``activation`` with ``negative_slope``."""
+    if activation == "leaky_relu" and negative_slope != DEFAULT_NEGATIVE_SLOPE:
+        return f"leaky_relu:{float(negative_slope)!r}"
+    return activation
+
+
+def split(activation_spec: str) -> Tuple[str, float]:
+    """``(name, negative_slope)`` of a spec string (a plain table name gives the default slope)."""
+    name, sep, slope = activation_spec.partition(":")
+    return (name, float(slope)) if sep else (name, DEFAULT_NEGATIVE_SLOPE)
+
+
+def spec_of_module(m: Optional[nn.Module]) -> Optional[str]:
+    """The spec string of the activation module ``m`` applies (:func:`from_module`), or None."""
+    found = from_module(m)
+    return None if found is None else spec(*found)
+
+
+def compose_specs(first: Optional[str], second: Optional[str]) -> Optional[str]:
+    """:func:`compose` on spec strings."""
+    if first is None or second is None:
+        return None
+    found = compose(split(first), split(second))
+    return None if found is None else spec(*found)

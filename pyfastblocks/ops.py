@@ -13,7 +13,8 @@ from . import _extension  # noqa: F401  (registers the ops)
 from . import activations as _act
 from ._layout import accumulation_dtype, empty_in_order, inputs_channel_order, preferred_channel_order
 
-__all__ = ["add_act", "add_relu", "affine_act", "affine_relu", "branch_concat", "depthwise_conv2d",
+__all__ = ["add_act", "add_relu", "affine_act", "affine_relu", "batchnorm_fold", "batchnorm_fold_conv", "branch_concat",
+           "depthwise_conv2d",
            "separable_conv2d", "set_cpu_depthwise_backend", "cpu_depthwise_backend"]
 
 _INT64_MAX = 2**63 - 1
@@ -180,8 +181,7 @@ def _add_act_backward_fake(grad_out, x, residual, scale, bias, activation, negat
     _check_same_device(op, ("grad_out", grad_out), ("x", x), ("residual", residual), ("scale", scale), ("bias", bias))
     _check_rank(op, "grad_out", grad_out, 2)
     if activation != "none":
-        torch._check(x is not None and residual is not None,
-                     lambda: f"fastblocks::{op}: arguments 'x' and 'residual' are required with activation {activation!r}")
+        torch._check(x is not None, lambda: f"fastblocks::{op}: argument 'x' is required with activation {activation!r}")
     for name, t in (("x", x), ("residual", residual)):
         if t is not None:
             torch._check(t.shape == grad_out.shape,
@@ -318,7 +318,7 @@ def _branch_concat_fake(inputs, scale=None, bias=None, activation="relu", negati
 
 @torch.library.register_fake("fastblocks::branch_concat_backward")
 def _branch_concat_backward_fake(grad_out, channels, inputs, scale, bias, activation, negative_slope,
-                                 compute_param_grads):
+                                 compute_param_grads, grad_at_preactivation=False):
     op = "branch_concat_backward"
     _fake_check_activation(op, activation, negative_slope)
     _check_tensor(op, "grad_out", grad_out)
@@ -593,6 +593,143 @@ def separable_conv2d(
         _pair(padding, "padding", _SEPARABLE), _pair(dilation, "dilation", _SEPARABLE), depthwise_activation,
         activation, input_relu, float(depthwise_negative_slope), float(negative_slope),
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# batchnorm_fold, batchnorm_fold_conv: a BatchNorm folded at every call (O(C), or O(weights) into a conv), one
+# call (one launch on CUDA). Their backward is plain ATen ops (differentiable again).
+
+
+def batchnorm_fold(mean: Tensor, var: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                   eps: float = 1e-5, dtype: torch.dtype = torch.float32):
+    """``(scale, shift)`` with ``x * scale[c] + shift[c] == batch_norm(x, mean, var, weight, bias, eps)``:
+    ``scale = weight / sqrt(var + eps)``, ``shift = bias - mean * scale`` (``weight``/``bias`` None: 1/0).
+
+    ``mean``, ``var``, ``weight``, ``bias``: ``[C]``, any floating dtype, one device; the outputs are ``[C]`` in
+    ``dtype``, the accumulation dtype (``torch.float32``, or ``torch.float64`` for float64 data). Differentiable
+    in every tensor argument.
+    """
+    return torch.ops.fastblocks.batchnorm_fold.default(mean, var, weight, bias, float(eps), dtype)
+
+
+def batchnorm_fold_conv(conv_weight: Tensor, conv_bias: Optional[Tensor], mean: Tensor, var: Tensor,
+                        weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5,
+                        dtype: torch.dtype = torch.float32):
+    """The convolution ``conv_weight``/``conv_bias`` followed by that BatchNorm, as one convolution:
+    ``(conv_weight * scale[o], shift + conv_bias * scale)`` with ``(scale, shift) = batchnorm_fold(...)``.
+
+    ``conv_weight``: ``[C_out, ...]`` (its dtype; the folded weight keeps its strides when it is contiguous or
+    channels_last); ``conv_bias`` ``[C_out]`` or None; the folded bias is ``[C_out]`` in ``dtype``.
+    Differentiable in every tensor argument.
+    """
+    return torch.ops.fastblocks.batchnorm_fold_conv.default(conv_weight, conv_bias, mean, var, weight, bias,
+                                                            float(eps), dtype)
+
+
+def _check_fold_stats(op, ref_name, ref, channels, mean, var, weight, bias):
+    _check_same_device(op, (ref_name, ref), ("mean", mean), ("var", var), ("weight", weight), ("bias", bias))
+    for name, t in (("mean", mean), ("var", var), ("weight", weight), ("bias", bias)):
+        if t is not None:
+            torch._check(t.dim() == 1 and t.shape[0] == channels,
+                         lambda name=name: f"fastblocks::{op}: argument '{name}' must be a 1-D tensor of one value "
+                         "per channel")
+
+
+@torch.library.register_fake("fastblocks::batchnorm_fold")
+def _batchnorm_fold_fake(mean, var, weight, bias, eps, dtype):
+    op = "batchnorm_fold"
+    _check_tensor(op, "mean", mean)
+    _check_tensor(op, "var", var)
+    torch._check(dtype in (torch.float32, torch.float64),
+                 lambda: f"fastblocks::{op}: argument 'dtype' must be float32 or float64 (the accumulation dtype)")
+    torch._check(mean.dim() == 1, lambda: f"fastblocks::{op}: argument 'mean' must be a 1-D tensor of one value per "
+                 "channel")
+    _check_fold_stats(op, "mean", mean, mean.shape[0], mean, var, weight, bias)
+    return mean.new_empty(mean.shape[0], dtype=dtype), mean.new_empty(mean.shape[0], dtype=dtype)
+
+
+@torch.library.register_fake("fastblocks::batchnorm_fold_conv")
+def _batchnorm_fold_conv_fake(conv_weight, conv_bias, mean, var, weight, bias, eps, dtype):
+    op = "batchnorm_fold_conv"
+    _check_tensor(op, "conv_weight", conv_weight)
+    torch._check(dtype in (torch.float32, torch.float64),
+                 lambda: f"fastblocks::{op}: argument 'dtype' must be float32 or float64 (the accumulation dtype)")
+    torch._check(conv_weight.dim() >= 1, lambda: f"fastblocks::{op}: argument 'conv_weight' must have the output "
+                 "channels in dim 0")
+    channels = conv_weight.shape[0]
+    _check_fold_stats(op, "conv_weight", conv_weight, channels, mean, var, weight, bias)
+    if conv_bias is not None:
+        _check_fold_stats(op, "conv_weight", conv_weight, channels, conv_bias, None, None, None)
+    as_stored = conv_weight.is_contiguous() or (
+        conv_weight.dim() == 4 and conv_weight.is_contiguous(memory_format=torch.channels_last))
+    folded = torch.empty_like(conv_weight) if as_stored else conv_weight.new_empty(conv_weight.shape)
+    return folded, conv_weight.new_empty(channels, dtype=dtype)
+
+
+def _fold_chain(ctx, grad_scale, grad_shift, scale, mean, var, weight, bias):
+    """Gradients of (mean, var, weight, bias) from those of scale = weight * invstd, shift = bias - mean * scale."""
+    acc = scale.dtype
+    mean_a = mean.to(acc)
+    invstd = batchnorm_fold(mean, var, None, None, ctx.eps, acc)[0]  # 1 / sqrt(var + eps)
+    grad_scale_total = grad_scale - mean_a * grad_shift  # scale also enters shift
+    needs = ctx.needs_stats
+    grad_mean = (-grad_shift * scale).to(mean.dtype) if needs[0] else None
+    grad_var = (grad_scale_total * scale * invstd * invstd * -0.5).to(var.dtype) if needs[1] else None
+    grad_weight = (grad_scale_total * invstd).to(weight.dtype) if needs[2] and weight is not None else None
+    grad_bias = grad_shift.to(bias.dtype) if needs[3] and bias is not None else None
+    return grad_mean, grad_var, grad_weight, grad_bias
+
+
+def _batchnorm_fold_setup_context(ctx, inputs, output):
+    mean, var, weight, bias, eps, dtype = inputs
+    ctx.save_for_backward(mean, var, weight, bias, output[0])
+    ctx.eps = eps
+    ctx.needs_stats = [t is not None and t.requires_grad for t in (mean, var, weight, bias)]
+
+
+def _batchnorm_fold_backward(ctx, grad_scale, grad_shift):
+    mean, var, weight, bias, scale = ctx.saved_tensors
+    grad_scale = torch.zeros_like(scale) if grad_scale is None else grad_scale
+    grad_shift = torch.zeros_like(scale) if grad_shift is None else grad_shift
+    return (*_fold_chain(ctx, grad_scale, grad_shift, scale, mean, var, weight, bias), None, None)
+
+
+torch.library.register_autograd("fastblocks::batchnorm_fold", _batchnorm_fold_backward,
+                                setup_context=_batchnorm_fold_setup_context)
+
+
+def _batchnorm_fold_conv_setup_context(ctx, inputs, output):
+    conv_weight, conv_bias, mean, var, weight, bias, eps, dtype = inputs
+    ctx.save_for_backward(conv_weight, conv_bias, mean, var, weight, bias)
+    ctx.eps, ctx.dtype = eps, dtype
+    ctx.needs_conv = [conv_weight.requires_grad, conv_bias is not None and conv_bias.requires_grad]
+    ctx.needs_stats = [t is not None and t.requires_grad for t in (mean, var, weight, bias)]
+
+
+def _batchnorm_fold_conv_backward(ctx, grad_weight, grad_bias):
+    conv_weight, conv_bias, mean, var, weight, bias = ctx.saved_tensors
+    scale, _ = batchnorm_fold(mean, var, weight, bias, ctx.eps, ctx.dtype)
+    acc = scale.dtype
+    shape = [-1] + [1] * (conv_weight.dim() - 1)
+    grad_scale = torch.zeros_like(scale)
+    grad_conv_weight = None
+    if grad_weight is not None:
+        g = grad_weight.to(acc)
+        if ctx.needs_conv[0]:
+            grad_conv_weight = (g * scale.view(shape)).to(conv_weight.dtype)
+        grad_scale = (g * conv_weight.to(acc)).sum(dim=list(range(1, conv_weight.dim())))
+    grad_shift = torch.zeros_like(scale) if grad_bias is None else grad_bias.to(acc)
+    grad_conv_bias = None
+    if conv_bias is not None:
+        grad_scale = grad_scale + grad_shift * conv_bias.to(acc)
+        if ctx.needs_conv[1]:
+            grad_conv_bias = (grad_shift * scale).to(conv_bias.dtype)
+    return (grad_conv_weight, grad_conv_bias,
+            *_fold_chain(ctx, grad_scale, grad_shift, scale, mean, var, weight, bias), None, None)
+
+
+torch.library.register_autograd("fastblocks::batchnorm_fold_conv", _batchnorm_fold_conv_backward,
+                                setup_context=_batchnorm_fold_conv_setup_context)
 
 
 # --------------------------------------------------------------------------------------------------------

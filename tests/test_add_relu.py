@@ -258,8 +258,8 @@ def test_bad_input_in_backward_names_the_argument():
     out = torch.randn(2, 4, 3, 3)
     with pytest.raises(RuntimeError, match="'x'.*shape"):
         torch.ops.fastblocks.add_act_backward(torch.randn(2, 4, 3), out, out, None, None, "relu", 0.01, False)
-    with pytest.raises(RuntimeError, match="'residual'.*required"):
-        torch.ops.fastblocks.add_act_backward(torch.randn_like(out), out, None, None, None, "relu", 0.01, True)
+    with pytest.raises(RuntimeError, match="'x'.*required"):
+        torch.ops.fastblocks.add_act_backward(torch.randn_like(out), None, out, None, None, "relu", 0.01, True)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_conv_bn_act_without_bn_and_bad_activation(device):
     with torch.no_grad():
         _close(fnn.conv_bn_act(x, conv, None, "relu6"), F.relu6(conv(x)), 1e-6)
     with pytest.raises(ValueError, match="argument 'activation'"):
-        fnn.conv_bn_act(x, conv, None, "gelu")
+        fnn.conv_bn_act(x, conv, None, "swish2")
     with pytest.raises(ValueError, match="argument 'bn'"):
         fnn.conv_bn_act(x, conv, nn.BatchNorm2d(5), "relu")
     with pytest.raises(TypeError, match="argument 'conv'"):

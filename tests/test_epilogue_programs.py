@@ -203,3 +203,23 @@ def test_gpu_matches_emulator(dtype, layout, case):
     emu_c, _ = _C._emulate_branch_concat(xs, s2, b2, act, slope)
     gpu_c = torch.ops.fastblocks.branch_concat([t.cuda() for t in xs], s2.cuda(), b2.cuda(), act, slope)
     _close(gpu_c.cpu(), emu_c.double(), dtype)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("reduce", [False, True])
+def test_branch_concat_backward_at_the_preactivation(layout, reduce):
+    """grad_at_preactivation: each branch gets g = act'(z) * grad_out itself, not g * scale (the BatchNorm tails'
+    backward), with the same per-channel sums."""
+    g = torch.Generator().manual_seed(3)
+    xs = [make_layout(torch.randn(2, c, 5, 6, generator=g), layout) for c in (8, 4)]
+    s, b = _params(12, torch.float32, g, "sb")
+    gy = make_layout(torch.randn(2, 12, 5, 6, generator=g), layout)
+    scaled = _C._emulate_branch_concat_backward(gy, [8, 4], xs, s, b, "silu", 0.01, reduce)
+    plain = _C._emulate_branch_concat_backward(gy, [8, 4], xs, s, b, "silu", 0.01, reduce, True)
+    for a, p, sc in zip(scaled[0], plain[0], s.split([8, 4])):
+        torch.testing.assert_close(a, p * sc.view(1, -1, 1, 1))
+    ops_result = torch.ops.fastblocks.branch_concat_backward(gy, [8, 4], xs, s, b, "silu", 0.01, reduce, True)
+    for p, o in zip(plain[0], ops_result[0]):
+        torch.testing.assert_close(o, p)
+    if reduce:
+        torch.testing.assert_close(plain[2], scaled[2])

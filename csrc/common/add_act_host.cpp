@@ -68,12 +68,12 @@ AddActBackwardPlan plan_add_act_backward(const at::Tensor& grad_out, const std::
   const ActivationSpec act = parse_activation(activation, negative_slope, kBackward);
   check_activation_tensor(grad_out, kBackward, "grad_out");
   const bool has_x = given(x), has_residual = given(residual);
-  // z = x * scale + bias + residual is recomputed for every activation but "none".
+  // z = x * scale + bias (+ residual) is recomputed for every activation but "none". Without a residual the op
+  // is the backward of affine_act with its gradient at the pre-activation in grad_residual (what the BatchNorm
+  // tails of pyfastblocks/nn/_tail.py hand to ATen's batch_norm backward).
   if (act.kind != Activation::kNone) {
     FASTBLOCKS_CHECK_ARG(has_x, kBackward, "x", "is required with activation \"", activation_name(act.kind),
                          "\" (its gradient needs the pre-activation, recomputed from the inputs)");
-    FASTBLOCKS_CHECK_ARG(has_residual, kBackward, "residual", "is required with activation \"",
-                         activation_name(act.kind), "\" (its gradient needs the pre-activation)");
   }
   if (has_x) {
     check_same_dtype_device(*x, "x", grad_out, "grad_out", kBackward);
@@ -95,7 +95,7 @@ AddActBackwardPlan plan_add_act_backward(const at::Tensor& grad_out, const std::
   const ChannelOrder order = preferred_channel_order(has_x ? *x : grad_out);
   plan.grad_out = to_order(grad_out, order);
   if (reads_x) plan.x = to_order(*x, order);
-  if (act.kind != Activation::kNone) plan.residual = to_order(*residual, order);
+  if (act.kind != Activation::kNone && has_residual) plan.residual = to_order(*residual, order);
 
   plan.grad_residual = empty_in_order(grad_out.sizes(), grad_out.options(), order);
   plan.grad_x = plan.scale.defined() ? empty_in_order(grad_out.sizes(), grad_out.options(), order)

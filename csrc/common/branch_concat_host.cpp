@@ -99,7 +99,7 @@ BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out,
                                                      at::TensorList inputs, const std::optional<at::Tensor>& scale,
                                                      const std::optional<at::Tensor>& bias,
                                                      std::string_view activation, double negative_slope,
-                                                     bool compute_param_grads) {
+                                                     bool compute_param_grads, bool grad_at_preactivation) {
   const ActivationSpec act = parse_activation(activation, negative_slope, kBackward);
   check_defined(grad_out, kBackward, "grad_out");
   FASTBLOCKS_CHECK_ARG(grad_out.dim() >= 2, kBackward, "grad_out",
@@ -159,6 +159,7 @@ BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out,
   }
   finish_epilogue_backward_plan(a, plan.grad_out, plan.scale, plan.bias, order, act, want_grad_scale,
                                 compute_param_grads, plan.grad_scale, plan.grad_bias);
+  a.grad_x_scaled = !grad_at_preactivation;
   return plan;
 }
 

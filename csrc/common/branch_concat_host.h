@@ -36,7 +36,7 @@ BranchConcatBackwardPlan plan_branch_concat_backward(const at::Tensor& grad_out,
                                                      at::TensorList inputs, const std::optional<at::Tensor>& scale,
                                                      const std::optional<at::Tensor>& bias,
                                                      std::string_view activation, double negative_slope,
-                                                     bool compute_param_grads);
+                                                     bool compute_param_grads, bool grad_at_preactivation = false);
 
 // Device checks that name the argument on the other device (called first by the CUDA impl).
 void check_branch_concat_devices(at::TensorList inputs, const std::optional<at::Tensor>& scale,

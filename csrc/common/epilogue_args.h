@@ -69,6 +69,9 @@ struct EpilogueBackwardArgs {
   ChannelView view;
   c10::ScalarType dtype = c10::ScalarType::Float;
   ActivationSpec act;
+  // grad_x = g * scale (the inputs' gradient); false: g itself, the gradient at the pre-activation (what a
+  // BatchNorm tail hands to ATen's batch_norm backward).
+  bool grad_x_scaled = true;
 
   bool reduces() const { return grad_scale != nullptr || grad_bias != nullptr; }
   // z is needed: every activation but "none".

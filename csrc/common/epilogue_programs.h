@@ -269,6 +269,7 @@ struct AddActBackward {
   ActivationSpec act;
   ChannelMode mode;
   FlatGrid grid;
+  bool gx_scaled;
 
   static AddActBackward make(const EpilogueBackwardArgs& a) {
     AddActBackward p{static_cast<const T*>(a.grad_out),
@@ -281,7 +282,8 @@ struct AddActBackward {
                      a.view,
                      a.act,
                      pick_channel_mode<T, VEC>(a.view, a.scale, a.bias),
-                     {}};
+                     {},
+                     a.grad_x_scaled};
     if (a.act.kind == Activation::kNone) p.x = nullptr, p.r = nullptr;  // not read
     p.grid = FlatGrid{a.view.numel / VEC, a.view.numel, VEC};
     return p;
@@ -302,7 +304,7 @@ struct AddActBackward {
 #pragma unroll
     for (int k = 0; k < W; ++k) {
       g[k] = element_grad(act, gv[k], xv[k], r != nullptr ? &rv[k] : nullptr, s[k], b[k]);
-      gxv[k] = g[k] * s[k];
+      gxv[k] = gx_scaled ? g[k] * s[k] : g[k];
     }
     if (gr != nullptr) store_acc<T, W>(gr, j, g);
     if (gx != nullptr) store_acc<T, W>(gx, j, gxv);
@@ -445,11 +447,12 @@ struct BranchConcatBackward {
   ChannelView view;
   ActivationSpec act;
   ChannelMode mode;
+  bool gx_scaled;
 
   static BranchConcatBackward make(const EpilogueBackwardArgs& a) {
     BranchConcatBackward p{static_cast<const T*>(a.grad_out), a.x, a.grad_x, branch_packs(a.grad_x, a.view, VEC),
                            static_cast<const acc*>(a.scale), static_cast<const acc*>(a.bias), a.view, a.act,
-                           pick_channel_mode<T, VEC>(a.view, a.scale, a.bias)};
+                           pick_channel_mode<T, VEC>(a.view, a.scale, a.bias), a.grad_x_scaled};
     if (a.act.kind == Activation::kNone) p.x.count = 0;  // not read
     return p;
   }
@@ -484,7 +487,10 @@ struct BranchConcatBackward {
         acc s[VEC], b[VEC], g[VEC];
         pack_params<acc, VEC>(mode, scale, bias, o[u], view, s, b);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) g[k] = element_grad(act, gv[u][k], xv[u][k], static_cast<const acc*>(nullptr), s[k], b[k]) * s[k];
+        for (int k = 0; k < VEC; ++k) {
+          g[k] = element_grad(act, gv[u][k], xv[u][k], static_cast<const acc*>(nullptr), s[k], b[k]);
+          if (gx_scaled) g[k] *= s[k];
+        }
         store_acc<T, VEC>(static_cast<T*>(gx.data[br[u]]), j[u], g);
       }
     }
@@ -526,6 +532,7 @@ struct PlanesReduce {
   ChannelView view;
   ActivationSpec act;
   int64_t partials;
+  bool gx_scaled;
 
   static int64_t partials_for(const ChannelView& v, int vec) {
     const int64_t per_channel_packs = (v.numel / v.channels) / vec;
@@ -547,7 +554,8 @@ struct PlanesReduce {
                    static_cast<acc*>(a.grad_scale),
                    a.view,
                    a.act,
-                   partials_for(a.view, VEC)};
+                   partials_for(a.view, VEC),
+                   a.grad_x_scaled};
     p.partial_g = static_cast<acc*>(workspace);
     p.partial_gx = a.grad_scale != nullptr ? p.partial_g + p.partials * a.view.channels : nullptr;
     if (a.act.kind == Activation::kNone) p.r = nullptr;
@@ -586,7 +594,7 @@ struct PlanesReduce {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           g[e] = element_grad(act, gv[e], xv[e], r != nullptr ? &rv[e] : nullptr, s0, b0);
-          gxv[e] = g[e] * s0;
+          gxv[e] = gx_scaled ? g[e] * s0 : g[e];
           sum_g += g[e];
           sum_gx += g[e] * xv[e];
         }
@@ -638,13 +646,14 @@ struct RowsReduce {
   acc* partial_gx;
   ChannelView view;
   ActivationSpec act;
+  bool gx_scaled = true;
   int tx_dim = 1, ty_dim = kBlockThreads;
   int64_t grid_x = 1, partials = 1;
 
   static RowsReduce make(const EpilogueBackwardArgs& a, void* workspace) {
     RowsReduce p{static_cast<const T*>(a.grad_out), static_cast<const T*>(a.residual),
                  static_cast<T*>(a.grad_residual), static_cast<const acc*>(a.scale), static_cast<const acc*>(a.bias),
-                 a.layout(), a.x, a.grad_x, nullptr, nullptr, a.view, a.act};
+                 a.layout(), a.x, a.grad_x, nullptr, nullptr, a.view, a.act, a.grad_x_scaled};
     const int64_t groups = a.view.channels / VEC;
     while (p.tx_dim < groups && p.tx_dim < 32) p.tx_dim *= 2;
     p.ty_dim = kBlockThreads / p.tx_dim;
@@ -703,7 +712,7 @@ struct RowsReduce {
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
             g[e] = element_grad(act, gv[e], xv[e], r != nullptr ? &rv[e] : nullptr, sv[e], bv[e]);
-            gxv[e] = g[e] * sv[e];
+            gxv[e] = gx_scaled ? g[e] * sv[e] : g[e];
             sum_g[e] += g[e];
             sum_gx[e] += g[e] * xv[e];
           }

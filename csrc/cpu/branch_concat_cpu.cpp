@@ -26,10 +26,10 @@ at::Tensor branch_concat_cpu(at::TensorList inputs, const std::optional<at::Tens
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> branch_concat_backward_cpu(
     const at::Tensor& grad_out, at::IntArrayRef channels, at::TensorList inputs,
     const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias, c10::string_view activation,
-    double negative_slope, bool compute_param_grads) {
+    double negative_slope, bool compute_param_grads, bool grad_at_preactivation) {
   auto plan = plan_branch_concat_backward(grad_out, channels, inputs, scale, bias,
                                           std::string_view(activation.data(), activation.size()), negative_slope,
-                                          compute_param_grads);
+                                          compute_param_grads, grad_at_preactivation);
   if (plan.grad_out.numel() > 0) {
     FASTBLOCKS_CPU_KERNEL(epilogue_backward, plan.args);
   }

@@ -6,7 +6,10 @@
 // first and the input ReLU after), because on x86 it beats this project's kernels there (channels_last: ours is
 // 0.2-0.7x of it; NCHW planes up to 20x20 forward and 28x28 backward: 0.3-0.8x; benchmarks/results/). Everything
 // else, every dtype but float32, and every call in deterministic mode (our weight gradients are summed in a fixed
-// order, independent of the thread count; oneDNN's are not promised to be) runs this project's kernels.
+// order, independent of the thread count; oneDNN's are not: its float32 weight/bias gradients of 1 and 2 threads
+// differ by ~3e-5) runs this project's kernels. Taking only the input gradient from oneDNN and the weight/bias
+// gradients from our kernel made the routed backward 1.4-3.4x slower on one thread (issue 14 report), so the
+// thread-count independence is promised in deterministic mode and with set_cpu_depthwise_backend("fastblocks").
 // set_cpu_depthwise_backend("fastblocks") always runs them (tests, benchmarks).
 #include <ATen/ATen.h>
 #include <c10/core/MemoryFormat.h>

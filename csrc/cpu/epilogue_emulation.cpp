@@ -88,10 +88,10 @@ std::tuple<at::Tensor, std::vector<std::string>> emulate_branch_concat(const std
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, std::vector<std::string>> emulate_branch_concat_backward(
     const at::Tensor& grad_out, const std::vector<int64_t>& channels, const std::vector<at::Tensor>& inputs,
     const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias, const std::string& activation,
-    double negative_slope, bool compute_param_grads) {
+    double negative_slope, bool compute_param_grads, bool grad_at_preactivation) {
   check_cpu(grad_out, "_emulate_branch_concat_backward", "grad_out");
   auto plan = plan_branch_concat_backward(grad_out, channels, inputs, scale, bias, activation, negative_slope,
-                                          compute_param_grads);
+                                          compute_param_grads, grad_at_preactivation);
   std::vector<std::string> names;
   if (plan.grad_out.numel() > 0) {
     for (auto& g : plan.grad_inputs) nan_fill({&g});

@@ -32,6 +32,6 @@ std::tuple<at::Tensor, std::vector<std::string>> emulate_branch_concat(const std
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, std::vector<std::string>> emulate_branch_concat_backward(
     const at::Tensor& grad_out, const std::vector<int64_t>& channels, const std::vector<at::Tensor>& inputs,
     const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias, const std::string& activation,
-    double negative_slope, bool compute_param_grads);
+    double negative_slope, bool compute_param_grads, bool grad_at_preactivation);
 
 }  // namespace fastblocks

@@ -72,6 +72,7 @@ struct BackwardRun {
   scalar_t* gx;       // null: not written
   scalar_t* gr;       // null: not written
   bool sum_gx;        // grad_scale wanted (x given)
+  bool gx_scaled;     // gx = g * s (else g)
 };
 
 // g = act'(z) * grad_out with z recomputed from x (and r) unless the activation is "none". Lanes past the run's
@@ -142,7 +143,7 @@ inline void backward_run(const Act& act, const BackwardRun<scalar_t>& io, int64_
     }
     if (io.gr != nullptr) g.store(io.gr + i, m);
     if (io.gx != nullptr) {
-      for (int k = 0; k < C::kVecs; ++k) gxc.v[k] = g.v[k] * s;
+      for (int k = 0; k < C::kVecs; ++k) gxc.v[k] = io.gx_scaled ? g.v[k] * s : g.v[k];
       gxc.store(io.gx + i, m);
     }
   }
@@ -176,7 +177,7 @@ inline void backward_row(const Act& act, const BackwardRun<scalar_t>& io, int64_
       const Vec sv = Vec::loadu(s + c, lanes);
       const Vec bv = needs_z ? Vec::loadu(b + c, lanes) : Vec(0);
       g.v[k] = chunk_grad<scalar_t, Act>(act, gyc.v[k], xc.v[k], residual ? &rc.v[k] : nullptr, sv, bv, sl);
-      if (io.gx != nullptr) gxc.v[k] = g.v[k] * sv;
+      if (io.gx != nullptr) gxc.v[k] = io.gx_scaled ? g.v[k] * sv : g.v[k];
       if constexpr (REDUCE) {
         if (lanes > 0) {
           (Vec::loadu(sum_g + c, lanes) + g.v[k]).store(sum_g + c, lanes);
@@ -227,7 +228,8 @@ void backward_typed(const Act& act, const EpilogueBackwardArgs& a) {
     const scalar_t* x = branch_ptr<const scalar_t>(a.x, 0);
     at::parallel_for(0, v.numel, kGrainElements, [&](int64_t lo, int64_t hi) {
       acc unused_g = 0, unused_gx = 0;
-      const BackwardRun<scalar_t> io{gy + lo, x ? x + lo : nullptr, r ? r + lo : nullptr, nullptr, gr + lo, false};
+      const BackwardRun<scalar_t> io{gy + lo, x ? x + lo : nullptr, r ? r + lo : nullptr, nullptr, gr + lo, false,
+                                     true};
       backward_run<scalar_t, Act, false>(act, io, hi - lo, 1, 0, slope, unused_g, unused_gx);
     });
     return;
@@ -243,7 +245,8 @@ void backward_typed(const Act& act, const EpilogueBackwardArgs& a) {
         const scalar_t* xi = branch_ptr<const scalar_t>(a.x, i);
         scalar_t* gxi = branch_ptr<scalar_t>(a.grad_x, i);
         const BackwardRun<scalar_t> io{gy + o, xi ? xi + row * ci : nullptr, r ? r + o : nullptr,
-                                       gxi ? gxi + row * ci : nullptr, gr ? gr + o : nullptr, sum_gx};
+                                       gxi ? gxi + row * ci : nullptr, gr ? gr + o : nullptr, sum_gx,
+                                       a.grad_x_scaled};
         backward_row<scalar_t, Act, REDUCE>(act, io, ci, params.scale + begin[i], params.bias + begin[i], slope,
                                             sum_g ? sum_g + begin[i] : nullptr,
                                             sum_gx_row ? sum_gx_row + begin[i] : nullptr);
@@ -291,7 +294,7 @@ void backward_typed(const Act& act, const EpilogueBackwardArgs& a) {
     const scalar_t* xi = branch_ptr<const scalar_t>(a.x, i);
     scalar_t* gxi = branch_ptr<scalar_t>(a.grad_x, i);
     const BackwardRun<scalar_t> io{gy + o, xi ? xi + bo : nullptr, r ? r + o : nullptr, gxi ? gxi + bo : nullptr,
-                                   gr ? gr + o : nullptr, sum_gx};
+                                   gr ? gr + o : nullptr, sum_gx, a.grad_x_scaled};
     backward_run<scalar_t, Act, REDUCE>(act, io, run, scale ? scale[c] : acc(1), bias ? bias[c] : acc(0), slope, sum_g,
                                         sum_gx_c);
   };

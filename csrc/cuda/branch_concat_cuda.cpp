@@ -37,7 +37,7 @@ at::Tensor branch_concat_cuda(at::TensorList inputs, const std::optional<at::Ten
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> branch_concat_backward_cuda(
     const at::Tensor& grad_out, at::IntArrayRef channels, at::TensorList inputs,
     const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias, c10::string_view activation,
-    double negative_slope, bool compute_param_grads) {
+    double negative_slope, bool compute_param_grads, bool grad_at_preactivation) {
   for (size_t i = 0; i < inputs.size(); ++i) {
     const std::string name = "inputs[" + std::to_string(i) + "]";
     check_same_device(inputs[i], name.c_str(), grad_out, "grad_out", kBackward);
@@ -47,7 +47,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> branch_concat_backwa
   const c10::cuda::CUDAGuard guard(grad_out.device());
   auto plan = plan_branch_concat_backward(grad_out, channels, inputs, scale, bias,
                                           std::string_view(activation.data(), activation.size()), negative_slope,
-                                          compute_param_grads);
+                                          compute_param_grads, grad_at_preactivation);
   if (plan.grad_out.numel() > 0) run_epilogue_backward(plan.args, plan.grad_out);
   return {plan.grad_inputs, plan.grad_scale, plan.grad_bias};
 }

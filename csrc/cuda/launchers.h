@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/batchnorm_fold.h"
 #include "common/depthwise.h"
 #include "common/epilogue_args.h"
 
@@ -21,6 +22,9 @@ void launch_epilogue_backward(const EpilogueBackwardArgs& args, void* workspace,
 // depthwise_forward_kernel.cu, depthwise_backward_kernel.cu
 void launch_depthwise_forward(const DepthwiseForwardArgs& args, cudaStream_t stream);
 void launch_depthwise_backward(const DepthwiseBackwardArgs& args, cudaStream_t stream);
+
+// batchnorm_fold_kernel.cu: fastblocks::batchnorm_fold / batchnorm_fold_conv, one launch.
+void launch_batchnorm_fold(const BatchNormFoldArgs& args, cudaStream_t stream);
 
 // build_info.cu: the __CUDA_ARCH_LIST__ the device code was compiled for, e.g. "800,860,900".
 const char* compiled_cuda_archs();

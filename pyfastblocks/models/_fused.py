@@ -2,22 +2,27 @@
 rewrites is made of.
 
 They take the block's own ``nn.Conv2d`` / ``nn.BatchNorm2d`` modules (so parameters, buffers and state_dict keys
-never change) and run:
+never change), read their live parameters and buffers at every call (nothing is cached: folding a BatchNorm is
+O(C)), and run:
 
-- ``conv_bn_act``: conv -> BN -> activation (``"none"``, ``"relu"``, ``"relu6"``), with an optional ReLU on the
-  input (Xception's pre-activation). Eval: the BatchNorm folded into the convolution; training: batch statistics,
-  then normalize + activation as one fused pass. See :func:`pyfastblocks.nn.conv_bn_act`; depthwise convolutions
-  follow :data:`DEPTHWISE_BACKEND`.
+- ``conv_bn_act``: conv -> BN -> activation (any of :mod:`pyfastblocks.activations`, given as a spec string:
+  the name, or ``"leaky_relu:<slope>"``), with an optional ReLU on the input (Xception's pre-activation). See :func:`pyfastblocks.nn.conv_bn_act`; depthwise convolutions follow
+  :data:`DEPTHWISE_BACKEND`.
 - ``conv_bn_add``: ``act(bn(conv(x)) + residual)``, the tail of a residual block. Eval on CPU: one oneDNN
-  convolution with the folded BatchNorm as bias and the add (+ ReLU) as post-ops, so the tail costs no pass of
-  its own; elsewhere (training, CUDA): the bare convolution, then BN + add + ReLU as one ``fastblocks::add_relu``
-  pass (training uses the batch statistics, running stats updated as BatchNorm does).
+  convolution with the BatchNorm folded into its weight and bias and the add (+ activation) as post-ops where
+  folding the weight costs less than a pass over the output; elsewhere the bare convolution, then BN + add +
+  activation as one ``fastblocks::add_act`` pass (training: batch statistics, running stats updated as BatchNorm
+  does).
 - in training, :data:`TRAINING_BACKEND` picks per device how the batch statistics run (fused, or ATen's
   batch_norm followed by the eager activation / add / concat).
-- ``bn_act``: a BatchNorm + activation alone (one ``affine_relu`` pass).
+- ``bn_act``: a BatchNorm + activation alone (one pass).
 - ``concat_tail``: the tail of an Inception module: each branch's last convolution, un-normalized, goes into one
   ``fastblocks::branch_concat`` with every branch's BatchNorm laid end to end.
-- the plan-based forward of an ``nn.Sequential`` whose conv -> BN -> activation runs become ``conv_bn_act`` calls.
+- the plan-based forward of an ``nn.Sequential`` whose conv -> BN -> activation runs become ``conv_bn_act`` calls
+  (the plan is made at every call from the Sequential's children as they are).
+
+Every BatchNorm tail goes through :func:`pyfastblocks.nn._tail.bn_tail`, a ``torch.fx`` leaf: under
+``torch.fx.symbolic_trace`` the fused forwards trace to the convolutions plus one tail node per BatchNorm group.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -25,10 +30,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .. import ops
-from ..nn import batchnorm_scale_bias, is_depthwise
-from ..nn import conv_bn_act as _nn_conv_bn_act
-from ..nn.conv import _affine_act, _apply_activation, _folded_conv_params, _library_conv_act, onednn_inference_ok
+from .. import activations, ops
+from ..nn import _tail, is_depthwise
+from ..nn._tail import TRAINING_BACKEND
+from ..nn.batchnorm import uses_batch_stats
+from ..nn.conv import (_apply_activation, _folded_conv_params, _library_conv_act, fold_into_weight, fused_conv_bn_act,
+                       fx_tracing, onednn_inference_ok, zero_padded)
 
 # How a depthwise convolution runs, per device type: "fastblocks" (fastblocks::depthwise_conv2d, BN and
 # activation in its epilogue, input ReLU in its prologue), "library" (PyTorch's convolution with groups=C: on
@@ -41,15 +48,7 @@ from ..nn.conv import _affine_act, _apply_activation, _folded_conv_params, _libr
 # count changed the models by -5% to +7%, within noise, so the rule stays.
 DEPTHWISE_BACKEND: Dict[str, str] = {"cpu": "auto", "cuda": "fastblocks"}
 
-# How a BatchNorm in training (batch statistics) runs, per device type: "fastblocks" (the statistics turned into a
-# scale/bias pair by pyfastblocks.nn.batchnorm_scale_bias, then normalize + activation (+ add, + concat) as one
-# fused pass) or "eager" (ATen's batch_norm, then the activation in place, or the add + ReLU / ReLU + concat as one
-# fused pass). The CPU default is "eager": there the fused training path is 0.66-0.8x the eager model (the batch
-# statistics cost torch.var_mean, 3-15x slower than ATen's batch_norm forward, and its composite backward; and
-# the backward of add_relu / branch_concat is 15-25% slower there than eager's add_ + relu_; see the report of
-# issue 5), so "eager" runs a training step as the original model does. Eval never uses batch statistics and is
-# always fused.
-TRAINING_BACKEND: Dict[str, str] = {"cpu": "eager", "cuda": "fastblocks"}
+# TRAINING_BACKEND (how batch statistics run, per device type) lives in pyfastblocks.nn._tail (the same dict).
 
 TIMM_BN_ACT = "timm.layers.norm_act.BatchNormAct2d"
 
@@ -66,30 +65,15 @@ def class_path(obj) -> str:
 
 
 def act_name(m: Optional[nn.Module]) -> Optional[str]:
-    """``"none"``, ``"relu"`` or ``"relu6"`` for the activation modules the epilogues run, else None."""
-    if m is None:
-        return "none"
-    t = type(m)
-    if t is nn.Identity:
-        return "none"
-    if t is nn.ReLU:
-        return "relu"
-    if t is nn.ReLU6:
-        return "relu6"
-    if t is nn.Hardtanh and m.min_val == 0.0 and m.max_val == 6.0:
-        return "relu6"
-    return None
+    """The activation spec (:func:`pyfastblocks.activations.spec`: a table name, or ``"leaky_relu:<slope>"``) of
+    an activation module the epilogues run (``None`` / ``nn.Identity``: ``"none"``), else None."""
+    return activations.spec_of_module(m)
 
 
 def compose_acts(first: Optional[str], second: Optional[str]) -> Optional[str]:
-    """The one activation equal to ``second(first(x))`` (relu and relu6 are idempotent, relu6 absorbs relu)."""
-    if first is None or second is None:
-        return None
-    if first == "none":
-        return second
-    if second == "none" or first == second:
-        return first
-    return "relu6"  # {relu, relu6}
+    """The one activation spec equal to ``second(first(x))`` (``"none"`` is neutral, idempotent activations merge,
+    relu6 absorbs relu), else None."""
+    return activations.compose_specs(first, second)
 
 
 def norm_act(norm: Optional[nn.Module]) -> Optional[Tuple[Optional[_BatchNorm], str]]:
@@ -110,8 +94,20 @@ def norm_act(norm: Optional[nn.Module]) -> Optional[Tuple[Optional[_BatchNorm], 
 
 
 def unhooked(m: nn.Module) -> bool:
-    """No forward hooks and no ``forward`` set on the instance: a fused forward may bypass the module's call."""
-    return not m._forward_hooks and not m._forward_pre_hooks and "forward" not in m.__dict__
+    """No forward / backward hooks and no ``forward`` set on the instance: a fused forward may bypass the module's
+    call."""
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or "forward" in m.__dict__)
+
+
+_MODULE = nn.modules.module
+
+
+def global_hooks() -> bool:
+    """Hooks registered for every module (``torch.nn.modules.module.register_module_forward_hook`` and its
+    siblings): a fused forward that bypasses a child's call would skip them, so it steps aside."""
+    return bool(_MODULE._global_forward_hooks or _MODULE._global_forward_pre_hooks
+                or _MODULE._global_backward_hooks or _MODULE._global_backward_pre_hooks)
 
 
 def plain_conv(conv: nn.Module) -> bool:
@@ -130,7 +126,7 @@ def conv_problem(conv: nn.Module, name: str) -> Optional[str]:
 
 def norm_problem(norm: nn.Module, name: str) -> Optional[str]:
     if norm_act(norm) is None:
-        return f"{name} is {type(norm).__name__} (only nn.BatchNorm2d and timm BatchNormAct2d with ReLU/ReLU6 fuse)"
+        return f"{name} is {type(norm).__name__} (only nn.BatchNorm2d and timm BatchNormAct2d with an activation of the table fuse)"
     return None
 
 
@@ -138,40 +134,16 @@ def norm_problem(norm: nn.Module, name: str) -> Optional[str]:
 # conv -> BN -> activation
 
 
-def _uses_batch_stats(bn: Optional[_BatchNorm]) -> bool:
-    return bn is not None and (bn.training or bn.running_mean is None or bn.running_var is None)
-
-
-def _eager_batch_stats(bn: Optional[_BatchNorm], x: Tensor) -> bool:
-    """Run this BatchNorm as ATen's batch_norm (TRAINING_BACKEND "eager", batch statistics in use)?"""
-    return _uses_batch_stats(bn) and TRAINING_BACKEND.get(x.device.type, "fastblocks") == "eager"
-
-
-def _batchnorm(bn: _BatchNorm, y: Tensor) -> Tensor:
-    """The BatchNorm alone (a timm BatchNormAct2d without its activation), as ``nn.BatchNorm2d`` runs it."""
-    return _BatchNorm.forward(bn, y)
-
-
 _onednn_ok = onednn_inference_ok  # one rule for nn.conv_bn_act and the models
 
 
-def _library_conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], activation: str,
-                         input_relu: bool) -> Tensor:
-    """conv -> BN -> act with the convolution left to PyTorch (oneDNN on CPU): the path of
-    ``nn.conv_bn_act`` for non-depthwise convolutions, here for depthwise ones."""
-    if input_relu:
-        x = torch.relu(x)
-    if _uses_batch_stats(bn):
-        y = conv._conv_forward(x, conv.weight, conv.bias)
-        return _affine_act(y, *batchnorm_scale_bias(bn, y), activation)
-    return _library_conv_act(x, conv, *_folded_conv_params(conv, bn, x), activation)
-
-
-def _fastblocks_depthwise(x: Tensor, weight: Optional[Tensor] = None) -> bool:
+def _fastblocks_depthwise(x: Tensor, conv: nn.Conv2d) -> bool:
+    """Run this depthwise conv with fastblocks::depthwise_conv2d (else PyTorch's convolution)? DEPTHWISE_BACKEND."""
     backend = DEPTHWISE_BACKEND.get(x.device.type, "fastblocks")
     if backend == "auto":
+        weight = conv.weight
         grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-        return not grad and x.dim() == 4 and x.shape[1] < 128 and x.is_contiguous() \
+        return not grad and x.dim() == 4 and conv.in_channels < 128 and x.is_contiguous() \
             and not x.is_contiguous(memory_format=torch.channels_last)
     return backend == "fastblocks"
 
@@ -179,53 +151,62 @@ def _fastblocks_depthwise(x: Tensor, weight: Optional[Tensor] = None) -> bool:
 def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, activation: str = "relu",
                 input_relu: bool = False) -> Tensor:
     """``act(bn(conv(relu(x) if input_relu else x)))``: :func:`pyfastblocks.nn.conv_bn_act`, with depthwise
-    convolutions routed by :data:`DEPTHWISE_BACKEND` and batch statistics by :data:`TRAINING_BACKEND`."""
-    if _eager_batch_stats(bn, x):
-        if is_depthwise(conv) and _fastblocks_depthwise(x, conv.weight):
-            y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, "none",
-                                     input_relu)
-        else:
-            y = conv._conv_forward(torch.relu(x) if input_relu else x, conv.weight, conv.bias)
-        return _apply_activation(_batchnorm(bn, y), activation, inplace=True)
-    if is_depthwise(conv) and not _fastblocks_depthwise(x, conv.weight):
-        return _library_conv_bn_act(x, conv, bn, activation, input_relu)
-    return _nn_conv_bn_act(x, conv, bn, activation, input_relu)
+    convolutions routed by :data:`DEPTHWISE_BACKEND` and batch statistics by :data:`TRAINING_BACKEND`;
+    ``activation`` is a spec string (:func:`pyfastblocks.activations.spec`)."""
+    depthwise_kernel = None
+    if is_depthwise(conv) and not fx_tracing():
+        depthwise_kernel = _fastblocks_depthwise(x, conv)
+    name, slope = activations.split(activation)
+    return fused_conv_bn_act(x, conv, bn, name, input_relu, depthwise_kernel, swapped=True, negative_slope=slope)
 
 
-def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: Tensor, relu: bool) -> Tensor:
-    """``act(bn(conv(x)) + residual)``, act = ReLU if ``relu`` else none, in (at most) one pass after the conv.
+def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: Tensor, activation: str = "relu",
+                add: str = "promote") -> Tensor:
+    """``act(bn(conv(x)) + residual)`` (``activation``: a spec string) in (at most) one pass after the conv.
 
-    Eval on CPU: one oneDNN convolution whose bias is the folded BatchNorm and whose post-ops are the add and the
-    ReLU. Otherwise the bare convolution, then ``fastblocks::add_relu`` with the BatchNorm (batch statistics in
-    training, running statistics in eval) as its scale/bias.
+    Eval on CPU: one oneDNN convolution whose weight and bias have the BatchNorm folded in (at this call) and
+    whose post-ops are the add and the ReLU, where folding the weight costs less than a pass over the output.
+    Otherwise the bare convolution, then ``fastblocks::add_act`` with the BatchNorm (batch statistics in training,
+    running statistics in eval) as its scale/bias. The result has the original's dtype: ``add`` says how the
+    original adds (``"promote"``: ``bn(conv(x)) + residual``; ``"bn"``: ``out += residual``; ``"residual"``:
+    ``residual += bn(conv(x))``), which matters under autocast.
     """
-    batch_stats = _uses_batch_stats(bn)
-    if not batch_stats and not is_depthwise(conv) and residual.dtype == x.dtype and _onednn_ok(x, conv.weight, residual):
+    fx = fx_tracing()
+    depthwise = is_depthwise(conv)
+    name, slope = activations.split(activation)
+    if not fx and (bn is None or not uses_batch_stats(bn)) and not depthwise and zero_padded(conv) \
+            and residual.dtype == x.dtype and residual.shape == _conv_output_shape(x, conv) \
+            and _onednn_ok(x, conv.weight, residual) and (bn is None or fold_into_weight(x, conv)):
         weight, bias = _folded_conv_params(conv, bn, x)
+        attr, scalars, algorithm = activations.get(name).onednn(slope)
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, residual, weight, None if bias is None else bias.to(x.dtype), list(conv.padding), list(conv.stride),
-            list(conv.dilation), conv.groups, "add", 1.0, "relu" if relu else None, [], None)
-    if is_depthwise(conv) and _fastblocks_depthwise(x, conv.weight):
+            list(conv.dilation), conv.groups, "add", 1.0, None if attr == "none" else attr, scalars, algorithm)
+    if depthwise and (fx or _fastblocks_depthwise(x, conv)):
         y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
-    else:
+    elif fx or not zero_padded(conv):
         y = conv._conv_forward(x, conv.weight, conv.bias)
-    if _eager_batch_stats(bn, x):
-        y = _batchnorm(bn, y)
-        y += residual  # in training the fused add_relu's backward is slower on CPU than these eager passes
-        return torch.relu_(y) if relu else y
+    else:  # oneDNN's convolution where it may run (CPU inference), else F.conv2d
+        y = _library_conv_act(x, conv, *_folded_conv_params(conv, None, x), "none")
     if bn is None:
-        return ops.add_relu(y, residual, relu=relu)
-    scale, shift = batchnorm_scale_bias(bn, y)
-    return ops.add_relu(y, residual, scale, shift, relu=relu)
+        return _tail.add_act(y, residual, name, add, slope)
+    return _tail.bn_tail([y], [_tail.bn_spec(bn)], residual, name, True, add, slope)
+
+
+def _conv_output_shape(x: Tensor, conv: nn.Conv2d) -> torch.Size:
+    sizes = [x.shape[0], conv.out_channels]
+    for i in range(2):
+        span = x.shape[2 + i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1
+        sizes.append(span // conv.stride[i] + 1)
+    return torch.Size(sizes)
 
 
 def bn_act(x: Tensor, bn: Optional[_BatchNorm], activation: str) -> Tensor:
-    """``act(bn(x))`` as one pass (``affine_relu``; ReLU6 adds a clamp)."""
+    """``act(bn(x))`` as one pass (``activation``: a spec string)."""
+    name, slope = activations.split(activation)
     if bn is None:
-        return _apply_activation(x, activation, inplace=False)
-    if _eager_batch_stats(bn, x):
-        return _apply_activation(_batchnorm(bn, x), activation, inplace=True)
-    return _affine_act(x, *batchnorm_scale_bias(bn, x), activation)
+        return _apply_activation(x, name, False, slope)
+    return _tail.bn_tail([x], [_tail.bn_spec(bn)], None, name, True, negative_slope=slope)
 
 
 def run_conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: Optional[nn.Module], act: Optional[nn.Module] = None,
@@ -245,53 +226,11 @@ def run_conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: Optional[nn.Module], act
 # Inception tails
 
 
-def _ones_zeros(owner: nn.Module, channels: int, like: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-    if torch.compiler.is_compiling():
-        return (torch.ones(channels, device=like.device, dtype=dtype),
-                torch.zeros(channels, device=like.device, dtype=dtype))
-    key = (channels, like.device, dtype)
-    cached = owner.__dict__.get("_fastblocks_identity_affine")
-    if cached is None or cached[0] != key:
-        cached = (key, torch.ones(channels, device=like.device, dtype=dtype),
-                  torch.zeros(channels, device=like.device, dtype=dtype))
-        object.__setattr__(owner, "_fastblocks_identity_affine", cached)
-    return cached[1], cached[2]
-
-
-def concat_tail(owner: nn.Module, inputs: Sequence[Tensor], bns: Sequence[Optional[_BatchNorm]],
-                relu: bool = True) -> Tensor:
-    """``act(cat([bn_i(x_i)], 1))`` as one ``branch_concat`` (a None BatchNorm passes its input unchanged).
-
-    In eval the folded pairs of the BatchNorms are cached by ``batchnorm_scale_bias``; their concatenation is
-    cached on ``owner`` while those cached pairs are the same objects."""
-    if any(_eager_batch_stats(bn, x) for x, bn in zip(inputs, bns)):
-        ys = [x if bn is None else _batchnorm(bn, x) for x, bn in zip(inputs, bns)]
-        return torch.cat([torch.relu_(y) if relu and bn is not None else (torch.relu(y) if relu else y)
-                          for y, bn in zip(ys, bns)], 1)
-    pairs = []
-    for x, bn in zip(inputs, bns):
-        if bn is None:
-            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-            pairs.append(_ones_zeros(owner, x.shape[1], x, acc) if x.shape[1] else (x.new_empty(0, dtype=acc),) * 2)
-        else:
-            pairs.append(batchnorm_scale_bias(bn, x))
-    if len(pairs) == 1:
-        return ops.branch_concat(list(inputs), pairs[0][0], pairs[0][1], relu=relu)
-    training = any(_uses_batch_stats(bn) for bn in bns)
-    cacheable = not training and not torch.compiler.is_compiling() and not any(
-        p.requires_grad for pair in pairs for p in pair)
-    key = tuple(id(t) for pair in pairs for t in pair)
-    cached = owner.__dict__.get("_fastblocks_cat")
-    if cacheable and cached is not None and cached[0] == key:
-        scale, bias = cached[1], cached[2]
-    else:
-        dtype = pairs[0][0].dtype
-        scale = torch.cat([p[0].to(dtype) for p in pairs])
-        bias = torch.cat([p[1].to(dtype) for p in pairs])
-        if cacheable:
-            # the pairs are kept so that their ids stay unique while this entry lives
-            object.__setattr__(owner, "_fastblocks_cat", (key, scale, bias, pairs))
-    return ops.branch_concat(list(inputs), scale, bias, relu=relu)
+def concat_tail(inputs: Sequence[Tensor], bns: Sequence[_BatchNorm], activation: str = "relu") -> Tensor:
+    """``act(cat([bn_i(x_i)], 1))`` as one ``branch_concat`` (the BatchNorms folded, or their batch statistics,
+    laid end to end at this call; ``activation``: a spec string)."""
+    name, slope = activations.split(activation)
+    return _tail.bn_tail(list(inputs), [_tail.bn_spec(bn) for bn in bns], None, name, True, negative_slope=slope)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -306,7 +245,7 @@ def sequential_plan(seq: nn.Sequential) -> Optional[List[tuple]]:
     """The fused schedule of a Sequential, or None when it has nothing to fuse.
 
     Steps: ``("cba", conv, bn_or_None, act)`` for a plain conv followed by a BatchNorm (or a timm BatchNormAct2d)
-    and/or ReLU/ReLU6 modules; ``("ba", bn, act)`` for a BatchNorm followed by activations; ``("m", name)`` for
+    and/or activation modules of the table; ``("ba", bn, act)`` for a BatchNorm followed by activations; ``("m", name)`` for
     any other child, run as it is."""
     items = list(seq._modules.items())
     plan: List[tuple] = []
@@ -351,27 +290,12 @@ def sequential_plan(seq: nn.Sequential) -> Optional[List[tuple]]:
     return plan if fused else None
 
 
-def _sequential_signature(seq: nn.Sequential) -> tuple:
-    return tuple((k, id(v)) for k, v in seq._modules.items())
-
-
-def cached_plan(module: nn.Module, key, compute):
-    """``compute(module)``, cached on the module (a plain attribute: not in its state_dict) while ``key`` is
-    unchanged; not cached while torch.compile traces (the plan is plain Python it then traces away)."""
-    if torch.compiler.is_compiling():
-        return compute(module)
-    cached = module.__dict__.get("_fastblocks_plan")
-    if cached is None or cached[0] != key:
-        cached = (key, compute(module))
-        object.__setattr__(module, "_fastblocks_plan", cached)
-    return cached[1]
-
-
 def fused_sequential_forward(self: nn.Sequential, x: Tensor) -> Tensor:
-    """The forward of a swapped / pyfastblocks Sequential: its conv -> BN -> act runs fused. The plan is
-    recomputed when the Sequential's children change (append, slicing, item assignment)."""
-    plan = cached_plan(self, _sequential_signature(self), sequential_plan)
+    """The forward of a swapped / pyfastblocks Sequential: its conv -> BN -> act runs fused. The plan is made at
+    every call from the children as they are (a child with hooks runs as itself; with hooks registered for every
+    module, the Sequential runs as nn.Sequential)."""
     mods = self._modules
+    plan = None if global_hooks() else sequential_plan(self)
     if plan is None:
         for m in mods.values():
             x = m(x)
@@ -409,6 +333,8 @@ class ConvBNAct(FusedSequential):
             layers.append(nn.ReLU6(inplace=True))
         elif activation == "relu":
             layers.append(nn.ReLU(inplace=True))
+        elif activation not in (None, "none"):
+            raise ValueError(f"ConvBNAct: argument 'activation' must be 'relu', 'relu6' or None, got {activation!r}")
         super().__init__(*layers)
         self.out_channels = out_channels
 

@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..nn import _tail
+from .. import activations
 from ._fused import (act_name, bn_act, compose_acts, conv_bn_act, conv_bn_add, norm_act, plain_conv,
                      run_conv_norm_act)
 
@@ -29,10 +30,10 @@ def _residual_tail(self, h: Tensor, shortcut: Tensor, conv: nn.Conv2d, norm: nn.
     """conv -> norm -> se -> drop_path -> (+ downsample(shortcut)) -> act, timm's order."""
     bn, inner = norm_act(norm)
     outer = act_name(act)
-    if self.se is None and self.drop_path is None and inner == "none" and outer in ("relu", "none"):
+    if self.se is None and self.drop_path is None and inner == "none" and outer is not None:
         if self.downsample is not None:
             shortcut = self.downsample(shortcut)
-        return conv_bn_add(h, conv, bn, shortcut, relu=outer == "relu")
+        return conv_bn_add(h, conv, bn, shortcut, activation=outer, add="bn")  # x += shortcut
     y = conv_bn_act(h, conv, bn, inner)
     if self.se is not None:
         y = self.se(y)
@@ -40,9 +41,10 @@ def _residual_tail(self, h: Tensor, shortcut: Tensor, conv: nn.Conv2d, norm: nn.
         y = self.drop_path(y)
     if self.downsample is not None:
         shortcut = self.downsample(shortcut)
-    if outer in ("relu", "none") and y.shape == shortcut.shape and y.dtype == shortcut.dtype:
-        return ops.add_relu(y, shortcut, relu=outer == "relu")
-    return act(y + shortcut)
+    if outer is not None:
+        name, slope = activations.split(outer)
+        return _tail.add_act(y, shortcut, name, "bn", slope)
+    return act((y + shortcut).to(y.dtype))  # timm: x += shortcut (x's dtype; out of place: y may be saved for backward)
 
 
 def timm_basic_block_forward(self, x: Tensor) -> Tensor:

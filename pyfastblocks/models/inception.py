@@ -30,14 +30,10 @@ def basic_conv2d_forward(self, x: Tensor) -> Tensor:
 
 
 def _tail(self, branches, pool: Optional[Tensor] = None) -> Tensor:
-    """branches: [(BasicConv2d, its input)]: each last conv runs bare, then one branch_concat for all."""
-    inputs = [bc.conv(x) for bc, x in branches]
-    bns = [bc.bn for bc, _ in branches]
-    if pool is None:
-        return concat_tail(self, inputs, bns)
-    if self.__dict__.get("_fastblocks_nonneg_input", False):
-        return concat_tail(self, inputs + [pool], bns + [None])
-    return torch.cat([concat_tail(self, inputs, bns), pool], 1)
+    """branches: [(BasicConv2d, its input)]: each last conv runs bare, then one branch_concat for all; the
+    max-pool branch (InceptionB/D, un-activated in the original) is concatenated after."""
+    tail = concat_tail([bc.conv(x) for bc, x in branches], [bc.bn for bc, _ in branches])
+    return tail if pool is None else torch.cat([tail, pool], 1)
 
 
 def inception_a_forward(self, x: Tensor) -> Tensor:
@@ -218,10 +214,6 @@ class Inception3(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(2048, num_classes)
-        # Mixed_6a / Mixed_7a read the ReLU'd concat of the module before: their max-pool branch may take the
-        # concat's ReLU (see the module docstring).
-        for m in (self.Mixed_6a, self.Mixed_7a):
-            object.__setattr__(m, "_fastblocks_nonneg_input", True)
         if init_weights:
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):

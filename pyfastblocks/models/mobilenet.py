@@ -28,7 +28,7 @@ def inverted_residual_forward(self, x: Tensor) -> Tensor:
     for cna in layers[:-2]:
         h = conv_bn_act(h, cna[0], cna[1], act_name(cna[2]) if len(cna) > 2 else "none")
     if self.use_res_connect:
-        return conv_bn_add(h, layers[-2], layers[-1], x, relu=False)
+        return conv_bn_add(h, layers[-2], layers[-1], x, activation="none")
     return conv_bn_act(h, layers[-2], layers[-1], "none")
 
 
@@ -128,7 +128,7 @@ def depthwise_separable_forward(self, x: Tensor) -> Tensor:
     if getattr(self, "has_skip", False):
         bn, act = norm_act(self.bn2)
         if act == "none" and type(self.drop_path) is nn.Identity:
-            return conv_bn_add(x, self.conv_pw, bn, shortcut, relu=False)
+            return conv_bn_add(x, self.conv_pw, bn, shortcut, activation="none")
         return self.drop_path(run_conv_norm_act(x, self.conv_pw, self.bn2)) + shortcut
     return run_conv_norm_act(x, self.conv_pw, self.bn2)
 

@@ -22,13 +22,13 @@ def _shortcut(self, x: Tensor) -> Tensor:
 def basic_block_forward(self, x: Tensor) -> Tensor:
     """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`` with fused conv+BN+ReLU and a fused tail."""
     out = conv_bn_act(x, self.conv1, self.bn1, "relu")
-    return conv_bn_add(out, self.conv2, self.bn2, _shortcut(self, x), relu=True)
+    return conv_bn_add(out, self.conv2, self.bn2, _shortcut(self, x), activation="relu", add="bn")  # out += identity
 
 
 def bottleneck_forward(self, x: Tensor) -> Tensor:
     out = conv_bn_act(x, self.conv1, self.bn1, "relu")
     out = conv_bn_act(out, self.conv2, self.bn2, "relu")
-    return conv_bn_add(out, self.conv3, self.bn3, _shortcut(self, x), relu=True)
+    return conv_bn_add(out, self.conv3, self.bn3, _shortcut(self, x), activation="relu", add="bn")  # out += identity
 
 
 def resnet_forward_impl(self, x: Tensor) -> Tensor:

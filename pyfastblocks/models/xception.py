@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._fused import (act_name, cached_plan, compose_acts, conv_bn_act, conv_bn_add, load_weights, norm_act,
-                     run_conv_norm_act)
-
-
-def _children_key(seq: nn.Module) -> tuple:
-    return tuple((k, id(v)) for k, v in seq._modules.items())
+from ._fused import act_name, compose_acts, conv_bn_act, conv_bn_add, load_weights, norm_act, run_conv_norm_act
 
 __all__ = ["Xception", "xception"]
 
@@ -59,7 +54,7 @@ def legacy_block_plan(rep: nn.Sequential) -> Optional[Tuple[List[Tuple[str, str,
 
 
 def legacy_block_forward(self, inp: Tensor) -> Tensor:
-    stages, pool = cached_plan(self, _children_key(self.rep), lambda m: legacy_block_plan(m.rep))
+    stages, pool = legacy_block_plan(self.rep)  # made at every call from rep's children as they are
     mods = self.rep._modules
     skip = self.skip is not None
     h = inp
@@ -71,13 +66,13 @@ def legacy_block_forward(self, inp: Tensor) -> Tensor:
             h = conv_bn_act(d, sep.pointwise, bn, "relu" if stages[i + 1][2] else "none")
         elif pool is None:
             residual = conv_bn_act(inp, self.skip, self.skipbn, "none") if skip else inp
-            return conv_bn_add(d, sep.pointwise, bn, residual, relu=False)
+            return conv_bn_add(d, sep.pointwise, bn, residual, activation="none", add="bn")  # x += skip
         else:
             h = mods[pool](conv_bn_act(d, sep.pointwise, bn, "none"))
     # after the max-pool: the residual conv + BN takes the add
-    if skip:
-        return conv_bn_add(inp, self.skip, self.skipbn, h, relu=False)
-    return h + inp
+    if skip:  # x += skip, x being the main path (here the residual argument)
+        return conv_bn_add(inp, self.skip, self.skipbn, h, activation="none", add="residual")
+    return (h + inp).to(h.dtype)  # timm: x += skip
 
 
 def legacy_xception_forward_features(self, x: Tensor) -> Tensor:
@@ -237,7 +232,7 @@ def aligned_module_plan(stack: nn.Sequential) -> Optional[List[Tuple[str, bool]]
 
 
 def aligned_module_forward(self, x: Tensor) -> Tensor:
-    cached = cached_plan(self, _children_key(self.stack), lambda m: aligned_module_plan(m.stack))
+    cached = aligned_module_plan(self.stack)  # made at every call from the stack's children as they are
     mods = self.stack._modules
     h = x
     last = len(cached) - 1
@@ -249,7 +244,7 @@ def aligned_module_forward(self, x: Tensor) -> Tensor:
             a_pw = compose_acts(a_pw, "relu")
         bn_pw = norm_act(sep.bn_pw)[0]
         if i == last and not self.no_skip and self.drop_path is None and a_pw == "none":
-            return conv_bn_add(d, sep.conv_pw, bn_pw, _aligned_shortcut(self, x), relu=False)
+            return conv_bn_add(d, sep.conv_pw, bn_pw, _aligned_shortcut(self, x), activation="none")
         h = conv_bn_act(d, sep.conv_pw, bn_pw, a_pw)
     if self.no_skip:
         return h

@@ -1,12 +1,10 @@
 """The tail of an Inception module: per-branch BN + ReLU, then the concat, as one fused pass
 (fastblocks::branch_concat)."""
-from typing import Sequence, Tuple
+from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from .. import ops
-from .batchnorm import batchnorm_scale_bias
+from . import _tail
 
 
 class BranchConcatBNReLU(nn.Module):
@@ -14,10 +12,10 @@ class BranchConcatBNReLU(nn.Module):
 
     Holds one ``nn.BatchNorm2d`` per branch in ``self.bns`` (state_dict keys ``bns.<i>.weight``, ``.bias``,
     ``.running_mean``, ``.running_var``, ``.num_batches_tracked``). In eval the branches' BatchNorms are folded
-    and laid end to end into one scale/bias pair (cached while unchanged) and the whole tail is one kernel. In
-    training each branch's batch statistics are computed as ``nn.BatchNorm2d`` computes them (running stats
-    included) and normalize + ReLU + concat still run as the one fused pass, gradients flowing through the
-    statistics. ``eps`` defaults to InceptionV3's 1e-3.
+    (at every call, from the live buffers) and laid end to end into one scale/bias pair and the whole tail is one
+    kernel. In training each branch's batch statistics are computed as ``nn.BatchNorm2d`` computes them (running
+    stats included) and normalize + ReLU + concat still run as the one fused pass; the backward through the
+    statistics is ATen's batch_norm backward. ``eps`` defaults to InceptionV3's 1e-3.
     """
 
     def __init__(self, channels_per_branch: Sequence[int], eps: float = 1e-3, momentum: float = 0.1,
@@ -52,25 +50,8 @@ class BranchConcatBNReLU(nn.Module):
                 raise ValueError(
                     f"BranchConcatBNReLU: argument 'inputs[{i}]' must be [N, {bn.num_features}, H, W], got {tuple(x.shape)}"
                 )
-        scale, bias = self._scale_bias(inputs)
-        return ops.branch_concat(inputs, scale, bias, relu=self.relu)
-
-    def _scale_bias(self, inputs) -> Tuple[Tensor, Tensor]:
-        pairs = [batchnorm_scale_bias(bn, x) for bn, x in zip(self.bns, inputs)]
-        if len(pairs) == 1:
-            return pairs[0]
-        # In eval the per-branch pairs are cached objects; so is their concatenation, keyed by their identity.
-        key = tuple(id(t) for pair in pairs for t in pair)
-        cached = getattr(self, "_fastblocks_cat", None)
-        if not self.training and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        scale = torch.cat([p[0] for p in pairs])
-        bias = torch.cat([p[1] for p in pairs])
-        if not self.training and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and all(
-            getattr(bn, "_fastblocks_folded", (None, None))[1] is pair[0] for bn, pair in zip(self.bns, pairs)
-        ):
-            object.__setattr__(self, "_fastblocks_cat", (key, scale, bias, pairs))
-        return scale, bias
+        return _tail.bn_tail(list(inputs), [_tail.bn_spec(bn) for bn in self.bns], None,
+                             "relu" if self.relu else "none")
 
     def extra_repr(self) -> str:
         return f"channels_per_branch={[bn.num_features for bn in self.bns]}, relu={self.relu}"

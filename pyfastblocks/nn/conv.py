@@ -1,16 +1,18 @@
 """Convolution -> BatchNorm -> activation as fused passes, and the depthwise / separable convolution modules.
 
 ``conv_bn_act`` is the one function every fused module, model and ``swap()`` calls for a conv + BN + activation:
-it takes the ``nn.Conv2d`` and ``nn.BatchNorm2d`` modules as they are (so state_dicts keep their keys) and picks
-the fused path:
+it takes the ``nn.Conv2d`` and ``nn.BatchNorm2d`` modules as they are (so state_dicts keep their keys), reads
+their live parameters and buffers at every call (nothing is cached) and picks the fused path:
 
 - depthwise conv (``groups == in_channels``): ``fastblocks::depthwise_conv2d`` with the BatchNorm folded into its
-  weight/bias in eval and the activation (and Xception's input ReLU) in its epilogue/prologue: one pass;
-- other convs in eval: the BatchNorm folded into the convolution's weight and bias; on CPU the activation runs in
-  oneDNN's convolution epilogue (``mkldnn._convolution_pointwise``, what Inductor uses), elsewhere in place
-  right after the convolution;
-- training: the convolution, then the BatchNorm's batch statistics, then normalize + activation as the one fused
-  pass of ``fastblocks::branch_concat`` (``affine_relu``); running statistics are updated as BatchNorm does.
+  weight/bias in eval (O(C * kh * kw) per call) and the activation (and Xception's input ReLU) in its
+  epilogue/prologue: one pass;
+- other convs in eval: on CPU inference, oneDNN's convolution with the BatchNorm folded into its weight and bias
+  and the activation as its post-op (``mkldnn._convolution_pointwise``, what Inductor uses) where folding the
+  weight (O(weights) per call) costs less than a pass over the output; else the convolution, then BN +
+  activation as one fused pass (:func:`pyfastblocks.nn._tail.bn_tail`, BN folded in O(C));
+- training: the convolution, then the batch statistics (ATen's kernel, running statistics updated as BatchNorm
+  does), then normalize + activation as the one fused pass, with eager's batch_norm backward.
 """
 from typing import Optional, Tuple, Union
 
@@ -19,17 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .. import ops
+from .. import activations, ops
 from .._layout import accumulation_dtype
-from .batchnorm import batchnorm_scale_bias
+from . import _tail
+from .batchnorm import uses_batch_stats
 
-ACTIVATIONS = ("none", "relu", "relu6")
-
-
-def _check_activation(activation: str, where: str, arg: str = "activation") -> str:
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"{where}: argument '{arg}' must be one of {ACTIVATIONS}, got {activation!r}")
-    return activation
+ACTIVATIONS = activations.NAMES  # the table's names (pyfastblocks.activations)
+_check_activation = activations.check
 
 
 def is_depthwise(conv: nn.Module) -> bool:
@@ -44,65 +42,90 @@ def is_depthwise(conv: nn.Module) -> bool:
     )
 
 
-def _apply_activation(y: Tensor, activation: str, inplace: bool) -> Tensor:
-    if activation == "relu":
-        return torch.relu_(y) if inplace else torch.relu(y)
-    if activation == "relu6":
-        return F.hardtanh(y, 0.0, 6.0, inplace=inplace)
-    return y
+def _apply_activation(y: Tensor, activation: str, inplace: bool, negative_slope: float = 0.01) -> Tensor:
+    return activations.apply(y, activation, negative_slope, inplace=inplace)
 
 
-def _affine_act(y: Tensor, scale: Tensor, shift: Tensor, activation: str) -> Tensor:
-    """``act(y * scale[c] + shift[c])`` as one ``affine_relu`` pass; ReLU6 adds a clamp, not in place (affine_relu
-    keeps its output for its backward)."""
-    y = ops.affine_relu(y, scale, shift, relu=activation == "relu")
-    return _apply_activation(y, "relu6", inplace=False) if activation == "relu6" else y
+def _affine_act(y: Tensor, scale: Tensor, shift: Tensor, activation: str, negative_slope: float = 0.01) -> Tensor:
+    """``act(y * scale[c] + shift[c])`` as one ``affine_act`` pass."""
+    return ops.affine_act(y, scale, shift, activation, negative_slope)
 
 
-# oneDNN post-op (attr, scalars) of each activation, for mkldnn._convolution_pointwise.
-_ONEDNN_POST_OPS = {"none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}
-
-
-def _library_conv_act(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
+def _library_conv_act(x: Tensor, conv: nn.Conv2d, weight: Tensor, bias: Optional[Tensor], activation: str,
+                      negative_slope: float = 0.01) -> Tensor:
     """``act(conv2d(x, weight, bias))`` with conv's geometry, by PyTorch: oneDNN's fused convolution + bias +
-    activation where it may run (CPU inference), else the convolution and then the activation in place."""
+    activation (the table's oneDNN post-op) where it may run (CPU inference), else the convolution and then the
+    activation in place."""
     bias = None if bias is None else bias.to(x.dtype)
     if onednn_inference_ok(x, weight):
-        attr, scalars = _ONEDNN_POST_OPS[activation]
+        attr, scalars, algorithm = activations.get(activation).onednn(negative_slope)
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, attr, scalars,
-            None,
+            algorithm,
         )
     y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return _apply_activation(y, activation, inplace=True)
+    return _apply_activation(y, activation, True, negative_slope)
 
 
 def _folded_conv_params(conv: nn.Conv2d, bn: Optional[_BatchNorm], x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-    """The convolution's weight (in x's dtype) and bias (float32 for half x) with an eval BatchNorm folded in.
-
-    Cached on the conv while weights, buffers, dtype and device are unchanged and no gradient is needed."""
+    """The convolution's weight (in x's dtype) and bias (float32 for half x) with an eval BatchNorm (running
+    statistics) folded in, computed now from the live tensors: O(weights) per call, differentiable."""
+    acc = accumulation_dtype(x.dtype)
     weight, conv_bias = conv.weight, conv.bias
     if bn is None:
-        bias = conv_bias.to(accumulation_dtype(x.dtype)) if conv_bias is not None else None
-        return weight.to(x.dtype), bias
-    tensors = [weight] + ([conv_bias] if conv_bias is not None else [])
-    cacheable = not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not (
-        torch.is_grad_enabled() and any(t.requires_grad for t in tensors + list(bn.parameters()))
-    )
-    scale, shift = batchnorm_scale_bias(bn, x)  # eval: folded running statistics (itself cached)
-    if cacheable:
-        key = (x.dtype, x.device, id(scale), id(shift)) + tuple((t.data_ptr(), t._version) for t in tensors)
-        cached = getattr(conv, "_fastblocks_folded", None)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-    acc = scale.dtype
-    folded_weight = (weight.to(acc) * scale.view(-1, 1, 1, 1)).to(x.dtype)
-    folded_bias = shift if conv_bias is None else shift + conv_bias.to(acc) * scale
-    if cacheable:
-        # a plain attribute, not a buffer: the conv's state_dict is unchanged; scale/shift are kept so their ids
-        # stay unique while the entry lives.
-        object.__setattr__(conv, "_fastblocks_folded", (key, folded_weight, folded_bias, scale, shift))
-    return folded_weight, folded_bias
+        folded_weight = weight
+        folded_bias = conv_bias if conv_bias is None or conv_bias.dtype == acc else conv_bias.to(acc)
+    else:
+        folded_weight, folded_bias = ops.batchnorm_fold_conv(weight, conv_bias, bn.running_mean, bn.running_var,
+                                                             bn.weight, bn.bias, bn.eps, acc)
+    # (dtype checks in Python: a no-op .to() still costs a dispatcher call per layer)
+    return folded_weight if folded_weight.dtype == x.dtype else folded_weight.to(x.dtype), folded_bias
+
+
+def zero_padded(conv: nn.Conv2d) -> bool:
+    """Zero padding given as numbers (what F.conv2d, oneDNN and the depthwise kernel take directly)."""
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+# CPU eval: fold the BatchNorm into the convolution's weight (oneDNN then runs conv + bias + activation) or run the
+# convolution and then one fused BN + activation pass over its output? Folding costs an op call and a pass over the
+# weight, and a weight oneDNN has not seen before (a new tensor at every call) may cost it a fresh reorder: for
+# 512x512x3x3 that was 9 ms on one thread, 4 ns per weight element, while 1x1 weights cost ~0.2 ns. The other path
+# costs an op call or two and a pass over the output (~2 ns per element on one thread). Measured on this project's
+# 2-core CPU over ResNet / Inception / MobileNet / Xception layer shapes
+# (benchmarks/results/2026-11-29-cpu-live-overhead): fold when weight <= FOLD_WEIGHT_BASE + FOLD_WEIGHT_RATIO *
+# output, per kernel kind (1x1, larger).
+FOLD_WEIGHT_BASE = {"1x1": 1 << 15, "kxk": 1 << 12}
+FOLD_WEIGHT_RATIO = {"1x1": 4.0, "kxk": 1.0}
+
+
+def _output_numel(x: Tensor, conv: nn.Conv2d) -> int:
+    n = x.shape[0] * conv.out_channels
+    for i in range(2):
+        size = x.shape[2 + i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1
+        n *= max(size // conv.stride[i] + 1, 0)
+    return n
+
+
+def fold_into_weight(x: Tensor, conv: nn.Conv2d) -> bool:
+    """CPU inference with oneDNN: is folding the BatchNorm into the weight cheaper than a pass over the output?"""
+    kind = "1x1" if conv.kernel_size == (1, 1) else "kxk"
+    return conv.weight.numel() <= FOLD_WEIGHT_BASE[kind] + FOLD_WEIGHT_RATIO[kind] * _output_numel(x, conv)
+
+
+def fx_tracing() -> bool:
+    """Inside ``torch.fx.symbolic_trace`` (not torch.compile / export): values are Proxies, no Python may branch on
+    them, and the fused forwards take their traceable path (conv, then the :func:`_tail.bn_tail` leaf)."""
+    return not torch.compiler.is_compiling() and _fx_symbolic_tracing()
+
+
+try:
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as _fx_symbolic_tracing
+except ImportError:  # a torch without it: the flag that symbolic_trace sets
+    from torch.fx import _symbolic_trace as _fx_module
+
+    def _fx_symbolic_tracing() -> bool:
+        return _fx_module._is_fx_tracing_flag
 
 
 def onednn_inference_ok(x: Tensor, *tensors: Tensor) -> bool:
@@ -112,6 +135,7 @@ def onednn_inference_ok(x: Tensor, *tensors: Tensor) -> bool:
     return (
         not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
+        and not _fx_symbolic_tracing()
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and not torch.is_autocast_enabled("cpu")
@@ -121,12 +145,12 @@ def onednn_inference_ok(x: Tensor, *tensors: Tensor) -> bool:
 
 
 def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, activation: str = "relu",
-                input_relu: bool = False) -> Tensor:
+                input_relu: bool = False, negative_slope: float = 0.01) -> Tensor:
     """``act(bn(conv(relu(x) if input_relu else x)))`` with the fused paths described in the module docstring.
 
-    ``conv`` is any ``nn.Conv2d``; ``bn`` an ``nn.BatchNorm2d`` (or ``None``); ``activation`` one of
-    ``"none"``, ``"relu"``, ``"relu6"``. Same result as the eager modules (within float rounding), same
-    running-statistics updates in training."""
+    ``conv`` is any ``nn.Conv2d``; ``bn`` an ``nn.BatchNorm2d`` (or ``None``); ``activation`` / ``negative_slope``
+    an entry of :mod:`pyfastblocks.activations`. Same result as the eager modules (within float rounding), same
+    dtype, same running-statistics updates in training."""
     _check_activation(activation, "conv_bn_act")
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"conv_bn_act: argument 'conv' must be an nn.Conv2d, got {type(conv).__name__}")
@@ -137,27 +161,49 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
         raise ValueError(
             f"conv_bn_act: argument 'bn' has {bn.num_features} features, conv has {conv.out_channels} outputs"
         )
-    use_batch_stats = bn is not None and (bn.training or bn.running_mean is None)
+    return fused_conv_bn_act(x, conv, bn, activation, input_relu, negative_slope=negative_slope)
+
+
+def fused_conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], activation: str, input_relu: bool,
+                      depthwise_kernel: Optional[bool] = None, swapped: bool = False,
+                      negative_slope: float = 0.01) -> Tensor:
+    """conv_bn_act without argument checks. ``depthwise_kernel``: run a depthwise conv with
+    fastblocks::depthwise_conv2d (default: whenever it is depthwise) or PyTorch's convolution;
+    ``swapped``: see :func:`_tail.bn_tail`."""
+    fx = fx_tracing()
     depthwise = is_depthwise(conv)
-
-    if use_batch_stats:
-        if depthwise:
-            y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                                     "none", input_relu)
+    if depthwise_kernel is None or fx:
+        depthwise_kernel = depthwise
+    depthwise_kernel = depthwise_kernel and depthwise
+    if bn is not None and (fx or uses_batch_stats(bn)):
+        # batch statistics (or an FX trace): the bare convolution, then the BatchNorm tail (one fused pass)
+        if depthwise_kernel:
+            y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, "none",
+                                     input_relu)
         else:
-            y = conv(torch.relu(x) if input_relu else x)
-        return _affine_act(y, *batchnorm_scale_bias(bn, y), activation)
-
-    weight, bias = _folded_conv_params(conv, bn, x)
-    if depthwise:
+            y = conv._conv_forward(torch.relu(x) if input_relu else x, conv.weight, conv.bias)
+        return _tail.bn_tail([y], [_tail.bn_spec(bn)], None, activation, swapped, negative_slope=negative_slope)
+    if fx:  # no BatchNorm
+        if depthwise_kernel:
+            return ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                                        activation, input_relu, negative_slope)
+        y = conv._conv_forward(torch.relu(x) if input_relu else x, conv.weight, conv.bias)
+        return _apply_activation(y, activation, True, negative_slope)
+    if depthwise_kernel:
+        weight, bias = _folded_conv_params(conv, bn, x)
         return ops.depthwise_conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, activation,
-                                    input_relu)
+                                    input_relu, negative_slope)
     if input_relu:
         x = torch.relu(x)
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        y = conv._conv_forward(x, weight, None if bias is None else bias.to(x.dtype))
-        return _apply_activation(y, activation, inplace=True)
-    return _library_conv_act(x, conv, weight, bias, activation)
+    if not zero_padded(conv):
+        y = conv._conv_forward(x, conv.weight, conv.bias)
+    elif bn is None or (onednn_inference_ok(x, conv.weight) and (depthwise or fold_into_weight(x, conv))):
+        return _library_conv_act(x, conv, *_folded_conv_params(conv, bn, x), activation, negative_slope)
+    else:
+        y = _library_conv_act(x, conv, conv.weight, conv.bias, "none")
+    if bn is None:
+        return _apply_activation(y, activation, True, negative_slope)
+    return _tail.bn_tail([y], [_tail.bn_spec(bn)], None, activation, swapped, negative_slope=negative_slope)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -168,7 +214,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, kernel_size, stride=1, padding=0, dilation=1, multiplier: int = 1,
                  bias: bool = True, activation: str = "none", input_relu: bool = False, device=None,
-                 dtype=None) -> None:
+                 dtype=None, negative_slope: float = 0.01) -> None:
         if multiplier < 1:
             raise ValueError(f"DepthwiseConv2d: argument 'multiplier' must be >= 1, got {multiplier}")
         if isinstance(padding, str):
@@ -176,10 +222,12 @@ class DepthwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, in_channels * multiplier, kernel_size, stride, padding, dilation,
                          groups=in_channels, bias=bias, device=device, dtype=dtype)
         self.activation = _check_activation(activation, "DepthwiseConv2d")
+        self.negative_slope = negative_slope
         self.input_relu = input_relu
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, activation: str = "none", input_relu: bool = False) -> "DepthwiseConv2d":
+    def from_conv(cls, conv: nn.Conv2d, activation: str = "none", input_relu: bool = False,
+                  negative_slope: float = 0.01) -> "DepthwiseConv2d":
         """A DepthwiseConv2d sharing ``conv``'s parameters (not copies)."""
         if not is_depthwise(conv):
             raise ValueError("DepthwiseConv2d.from_conv: argument 'conv' must be a depthwise nn.Conv2d "
@@ -192,12 +240,13 @@ class DepthwiseConv2d(nn.Conv2d):
         m.weight = conv.weight
         m.bias = conv.bias
         m.activation = _check_activation(activation, "DepthwiseConv2d.from_conv")
+        m.negative_slope = negative_slope
         m.input_relu = input_relu
         return m
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                    self.activation, self.input_relu)
+                                    self.activation, self.input_relu, getattr(self, "negative_slope", 0.01))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation!r}, input_relu={self.input_relu}"
@@ -234,7 +283,7 @@ class SeparableConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         bns = [bn for bn in (self.bn_depthwise, self.bn_pointwise) if bn is not None]
-        if any(bn.training or bn.running_mean is None for bn in bns):
+        if any(uses_batch_stats(bn) for bn in bns):
             y = conv_bn_act(x, self.depthwise, self.bn_depthwise, self.depthwise_activation, self.input_relu)
             return conv_bn_act(y, self.pointwise, self.bn_pointwise, self.activation)
         dw_weight, dw_bias = _folded_conv_params(self.depthwise, self.bn_depthwise, x)
