@@ -549,11 +549,17 @@ def _is_depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups == conv.in_channels and conv.groups > 1 and conv.out_channels % conv.in_channels == 0
 
 
+def _unhooked(m: Optional[nn.Module]) -> bool:
+    """No hooks and no ``forward`` set on the instance: the module's call is its class's function, which freeze may
+    replace (a module with hooks is traced as a leaf and kept, hooks and all)."""
+    return m is not None and not (m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
+
+
 def _activation(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[Tuple[str, float]]:
     """The table activation a node applies to its first argument, or None."""
     if node.op == "call_module":
         m = modules[node.target]
-        if type(m) is nn.Identity or len(node.args) != 1 or node.kwargs:
+        if type(m) is nn.Identity or len(node.args) != 1 or node.kwargs or not _unhooked(m):
             return None
         return A.from_module(m)
     if node.op in ("call_function", "call_method"):
@@ -606,7 +612,8 @@ def _only_user(node: fx.Node) -> Optional[fx.Node]:
 
 def _is_identity(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[str]:
     """A name for a node that returns its first argument unchanged in eval, else None."""
-    if node.op == "call_module" and isinstance(modules[node.target], _EVAL_IDENTITIES) and len(node.args) == 1:
+    if node.op == "call_module" and isinstance(modules[node.target], _EVAL_IDENTITIES) and len(node.args) == 1 \
+            and _unhooked(modules[node.target]):
         return type(modules[node.target]).__name__
     if node.op == "call_function":
         name, mod = getattr(node.target, "__name__", ""), getattr(node.target, "__module__", "") or ""
@@ -667,7 +674,7 @@ class _Rewriter:
             if node.op != "call_module":
                 continue
             m = self.modules.get(node.target)
-            if m is None:
+            if not _unhooked(m):
                 continue
             if _conv_padding(m) is not None and len(node.args) == 1 and not node.kwargs and _meta(node.args[0]) is not None:
                 self.conv_chain(node, m)
@@ -677,7 +684,7 @@ class _Rewriter:
             if getattr(node, "_erased", False) or node.op != "call_module":
                 continue
             m = self.modules.get(node.target)
-            if m is not None and _norm(m) is not None and len(node.args) == 1 and _meta(node) is not None:
+            if _unhooked(m) and _norm(m) is not None and len(node.args) == 1 and _meta(node) is not None:
                 self.norm_chain(node, m)
         self.mark_inplace_adds()
         self.inplace_gates()
@@ -791,7 +798,8 @@ class _Rewriter:
         norm = None
         act = ("none", A.DEFAULT_NEGATIVE_SLOPE)
         user = _only_user(node)
-        if user is not None and user.op == "call_module" and user.args == (node,) and not user.kwargs:
+        if user is not None and user.op == "call_module" and user.args == (node,) and not user.kwargs and \
+                _unhooked(modules[user.target]):
             norm = _norm(modules[user.target])
             if norm is not None and norm[0].numel() == conv.out_channels:
                 chain.append(user)
@@ -936,7 +944,8 @@ def _tracer() -> fx.Tracer:
 
     class Tracer(fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
+            # a module with hooks is called as a module (tracing through it would drop its hooks)
+            return isinstance(m, leaves) or not _unhooked(m) or super().is_leaf_module(m, qualname)
 
     return Tracer(autowrap_functions=functions)
 
@@ -981,12 +990,15 @@ def _freeze_tree(m: nn.Module, path: str, example_args: Optional[tuple], root: n
     if example_args is None:
         ctx.report.unfrozen.append((path, "not called on the example input"))
         return m
-    try:
-        gm = _trace(m)
-    except Exception as e:  # noqa: BLE001 (any tracing failure: data-dependent control flow, ...)
-        error = f"does not trace with torch.fx ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+    if not _unhooked(m):
+        error = "has hooks (or a forward set on the instance), which a traced graph would not run"
     else:
-        return _freeze_traced(gm, example_args, ctx)
+        try:
+            gm = _trace(m)
+        except Exception as e:  # noqa: BLE001 (any tracing failure: data-dependent control flow, ...)
+            error = f"does not trace with torch.fx ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        else:
+            return _freeze_traced(gm, example_args, ctx)
     ctx.report.unfrozen.append((path, error))
     if not inputs:
         inputs.update(_example_inputs(root, root_args))

@@ -65,11 +65,12 @@ def image(name: str, batch: int = 2) -> torch.Tensor:
 
 @pytest.mark.parametrize("memory_format", [CL, torch.contiguous_format], ids=["channels_last", "nchw"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_model_matches_original(name, memory_format):
+def test_model_matches_original(device, name, memory_format):
     """fp32, NCHW and channels_last inputs, within 1e-4 relative; the frozen model's layout is channels_last (the
-    default: oneDNN everywhere) or NCHW (depthwise convolutions under 128 channels on the fastblocks kernel)."""
-    model = build(name)
-    x = image(name)
+    default: oneDNN everywhere on the CPU) or NCHW (CPU: depthwise convolutions under 128 channels on the fastblocks
+    kernel). CUDA (where present): cuDNN convolutions and fastblocks epilogues, against the same reference."""
+    model = build(name).to(device)
+    x = image(name).to(device)
     frozen = pyfastblocks.freeze(model, x, memory_format=memory_format)
     assert isinstance(frozen, FrozenModel) and frozen.graph_modules()
     with torch.no_grad():
@@ -450,3 +451,23 @@ def test_functional_activations_are_recognized():
     assert f(F.gelu, (0,)) == ("gelu", 0.01)
     assert f(torch.sigmoid, (0,)) is None
     assert f(operator.add, (0, 1)) is None
+
+
+def test_hooks_are_kept():
+    """A module with hooks is kept as a module (its hooks run), not fused; a model with hooks of its own is frozen
+    child by child."""
+    model = randomize(Net()).eval()
+    model.b1.conv1.register_forward_hook(lambda m, args, out: out * 2)
+    model.b2.bn1.register_forward_pre_hook(lambda m, args: (args[0] + 1,))
+    x = torch.randn(2, 3, 20, 20)
+    frozen = pyfastblocks.freeze(model, x)
+    with torch.no_grad():
+        assert rel_err(frozen(x), model(x)) < 1e-4
+    (gm,) = frozen.graph_modules()
+    kept = {type(m) for name, m in gm.named_modules() if name in ("b1.conv1", "b2.bn1")}
+    assert kept == {nn.Conv2d, nn.BatchNorm2d}
+    model.register_forward_hook(lambda m, args, out: out + 1)
+    frozen = pyfastblocks.freeze(model, x)
+    assert "has hooks" in dict(frozen.report.unfrozen)[""]
+    with torch.no_grad():
+        assert rel_err(frozen(x), model(x)) < 1e-4
