@@ -9,6 +9,7 @@ from ._extension import _C  # loads the compiled kernels (and says why, if they 
 from . import nn, ops
 from .ops import add_relu, affine_relu, branch_concat
 from .swap import swap
+from .freeze import freeze
 
 __version__ = _C.build_info()["version"]
 
@@ -40,4 +41,4 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["add_relu", "affine_relu", "branch_concat", "build_info", "nn", "ops"]
+__all__ = ["add_relu", "affine_relu", "branch_concat", "build_info", "freeze", "nn", "ops"]

@@ -6,7 +6,9 @@ in the same meaning. Everything in pyfastblocks that needs to know an activation
 - the ops (``pyfastblocks.ops``) check names with :func:`get` and decide what their backward keeps with
   :attr:`Activation.grad_from_output`;
 - ``swap()``, the models and ``freeze()`` recognize activation modules with :func:`from_module` (``nn.ReLU``,
-  ``nn.SiLU``, ``nn.GELU(approximate=...)``, timm's own classes, ...);
+  ``nn.SiLU``, ``nn.GELU(approximate=...)``, timm's own classes, ...); ``freeze()`` (which sees a traced graph)
+  recognizes functional calls (``F.relu(x, inplace=True)``, ``x.relu()``, ``F.gelu(x, approximate="tanh")``) with
+  :func:`from_call`;
 - eager fallbacks and references call :attr:`Activation.function`;
 - CPU inference hands the activation to oneDNN's fused convolution as the post-op :attr:`Activation.onednn`.
 
@@ -20,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Activation", "ACTIVATIONS", "NAMES", "get", "from_module", "apply", "compose", "check", "spec",
-           "spec_of_module", "split", "compose_specs"]
+__all__ = ["Activation", "ACTIVATIONS", "NAMES", "get", "from_module", "from_call", "apply", "compose", "check",
+           "spec", "spec_of_module", "split", "compose_specs"]
 
 DEFAULT_NEGATIVE_SLOPE = 0.01
 
@@ -44,6 +46,10 @@ class Activation:
         onednn: ``onednn(negative_slope) -> (attr, scalars, algorithm)``: the unary post-op of
             ``torch.ops.mkldnn._convolution_pointwise`` that applies this activation.
         function_: the in-place form of ``function`` where torch has one (None: none).
+        calls: the functions (``F.relu``, ``torch.relu_``, ...) and tensor method names (``"relu"``) that apply this
+            activation to their first argument; ``match_call`` refines the decision for those with arguments.
+        match_call: ``match_call(target, args, kwargs) -> negative_slope or None`` for a call of ``target``, one of
+            ``calls`` (``args`` starts with the input); the default accepts every call.
     """
 
     name: str
@@ -54,6 +60,9 @@ class Activation:
     idempotent: bool = False
     onednn: Callable[[float], Tuple[str, List[float], Optional[str]]] = field(default=lambda slope: ("none", [], None))
     function_: Optional[Callable[[Tensor, float], Tensor]] = None
+    calls: Tuple = ()
+    match_call: Callable[[object, tuple, dict], Optional[float]] = field(
+        default=lambda target, args, kwargs: DEFAULT_NEGATIVE_SLOPE)
 
 
 def _hardtanh_relu6(m: nn.Module) -> Optional[float]:
@@ -64,29 +73,55 @@ def _gelu(approximate: str) -> Callable[[nn.Module], Optional[float]]:
     return lambda m: DEFAULT_NEGATIVE_SLOPE if getattr(m, "approximate", "none") == approximate else None
 
 
+def _argument(args: tuple, kwargs: dict, index: int, name: str, default):
+    """Argument ``index`` (counting the input as 0) or keyword ``name`` of a call, else ``default``."""
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def _relu6_call(target, args: tuple, kwargs: dict) -> Optional[float]:
+    if target is not F.hardtanh:  # F.relu6(x, inplace)
+        return DEFAULT_NEGATIVE_SLOPE
+    low, high = _argument(args, kwargs, 1, "min_val", -1.0), _argument(args, kwargs, 2, "max_val", 1.0)
+    return DEFAULT_NEGATIVE_SLOPE if low == 0.0 and high == 6.0 else None
+
+
+def _gelu_call(approximate: str) -> Callable[[object, tuple, dict], Optional[float]]:
+    return lambda target, args, kwargs: DEFAULT_NEGATIVE_SLOPE if _argument(args, kwargs, 1, "approximate", "none") == \
+        approximate else None
+
+
+def _leaky_call(target, args: tuple, kwargs: dict) -> Optional[float]:
+    slope = _argument(args, kwargs, 1, "negative_slope", DEFAULT_NEGATIVE_SLOPE)
+    return float(slope) if isinstance(slope, (int, float)) and not isinstance(slope, bool) else None
+
+
 _TIMM = "timm.layers.activations."
 
 _ENTRIES = [
     Activation("none", lambda x, s: x, (nn.Identity,), grad_from_output=lambda s: True, idempotent=True,
                onednn=lambda s: ("none", [], None), function_=lambda x, s: x),
     Activation("relu", lambda x, s: F.relu(x), (nn.ReLU,), grad_from_output=lambda s: True, idempotent=True,
-               onednn=lambda s: ("relu", [], None), function_=lambda x, s: torch.relu_(x)),
+               onednn=lambda s: ("relu", [], None), function_=lambda x, s: torch.relu_(x),
+               calls=(F.relu, F.relu_, torch.relu, torch.relu_, "relu", "relu_")),
     Activation("relu6", lambda x, s: F.relu6(x), (nn.ReLU6, nn.Hardtanh),
                match=lambda m: _hardtanh_relu6(m) if type(m) is nn.Hardtanh else DEFAULT_NEGATIVE_SLOPE,
                grad_from_output=lambda s: True, idempotent=True, onednn=lambda s: ("hardtanh", [0.0, 6.0], None),
-               function_=lambda x, s: F.hardtanh(x, 0.0, 6.0, inplace=True)),
+               function_=lambda x, s: F.hardtanh(x, 0.0, 6.0, inplace=True), calls=(F.relu6, F.hardtanh),
+               match_call=_relu6_call),
     Activation("leaky_relu", lambda x, s: F.leaky_relu(x, s), (nn.LeakyReLU,), match=lambda m: float(m.negative_slope),
                grad_from_output=lambda s: s >= 0, onednn=lambda s: ("leaky_relu", [s], None),
-               function_=lambda x, s: F.leaky_relu(x, s, inplace=True)),
+               function_=lambda x, s: F.leaky_relu(x, s, inplace=True), calls=(F.leaky_relu, F.leaky_relu_),
+               match_call=_leaky_call),
     Activation("silu", lambda x, s: F.silu(x), (nn.SiLU, _TIMM + "Swish"), onednn=lambda s: ("swish", [], None),
-               function_=lambda x, s: F.silu(x, inplace=True)),
+               function_=lambda x, s: F.silu(x, inplace=True), calls=(F.silu,)),
     Activation("hardswish", lambda x, s: F.hardswish(x), (nn.Hardswish, _TIMM + "HardSwish"),
-               onednn=lambda s: ("hardswish", [], None), function_=lambda x, s: F.hardswish(x, inplace=True)),
+               onednn=lambda s: ("hardswish", [], None), function_=lambda x, s: F.hardswish(x, inplace=True),
+               calls=(F.hardswish,)),
     Activation("gelu", lambda x, s: F.gelu(x), (nn.GELU, _TIMM + "GELU"), match=_gelu("none"),
-               onednn=lambda s: ("gelu", [], "none")),
+               onednn=lambda s: ("gelu", [], "none"), calls=(F.gelu,), match_call=_gelu_call("none")),
     Activation("gelu_tanh", lambda x, s: F.gelu(x, approximate="tanh"), (nn.GELU, _TIMM + "GELUTanh"),
                match=lambda m: _gelu("tanh")(m) if type(m) is nn.GELU else DEFAULT_NEGATIVE_SLOPE,
-               onednn=lambda s: ("gelu", [], "tanh")),
+               onednn=lambda s: ("gelu", [], "tanh"), calls=(F.gelu,), match_call=_gelu_call("tanh")),
 ]
 
 ACTIVATIONS: Dict[str, Activation] = {a.name: a for a in _ENTRIES}
@@ -129,6 +164,22 @@ def from_module(m: Optional[nn.Module]) -> Optional[Tuple[str, float]]:
         for k in entry.modules:
             if (cls is k) if isinstance(k, type) else (path == k):
                 slope = entry.match(m)
+                if slope is not None:
+                    return entry.name, slope
+    return None
+
+
+def from_call(target, args: tuple = (), kwargs: Optional[dict] = None) -> Optional[Tuple[str, float]]:
+    """``(name, negative_slope)`` of the activation a call applies to its first argument, or None.
+
+    ``target`` is a function (``F.relu``, ``torch.relu_``, ``F.hardtanh``, ...) or a tensor method's name
+    (``"relu"``); ``args`` start with the input (as a traced graph records them: ``F.leaky_relu(x, 0.2)`` is
+    ``from_call(F.leaky_relu, (x, 0.2))``)."""
+    kwargs = kwargs or {}
+    for entry in _ENTRIES:
+        for k in entry.calls:
+            if k is target or (isinstance(k, str) and k == target):
+                slope = entry.match_call(target, tuple(args), kwargs)
                 if slope is not None:
                     return entry.name, slope
     return None

@@ -60,7 +60,7 @@ STEPS: List[Step] = [
         "nvidia-smi, torch and the tools, then `pip install .` with TORCH_CUDA_ARCH_LIST = this card's capability "
         "and MAX_JOBS = cores. Measured: the slowest compile units are csrc/cpu/kernels_default.cpp (47 s) then "
         "kernels_avx2.cpp (~35 s, compiled after the others) on one core of the project's 2-core CPU machine, "
-        "csrc/cuda/depthwise_kernel.cu 31 s for sm_90 alone; with 16 jobs the build is that chain, ~85 s, plus "
+        "csrc/cuda/depthwise_*_kernel.cu (was one 31 s file) for sm_90 alone; with 16 jobs the build is that chain, ~85 s, plus "
         "pip and the link: ~100 s. 140 s leaves 40% more for a slower host CPU.",
         r"""nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
   || echo "nvidia-smi: not available"

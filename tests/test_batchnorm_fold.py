@@ -176,9 +176,9 @@ def test_mixed_devices_name_the_argument():
 @pytest.mark.parametrize("weight_dtype,layout,conv_bias", [
     (torch.float32, "contiguous", True), (torch.float16, "channels_last", False), (torch.bfloat16, "strided", True),
     (torch.float64, "contiguous", False)])
-def test_cuda_kernel_emulated_on_the_cpu(acc, weight_dtype, layout, conv_bias):
-    """The CUDA launch (its grid, each thread's grid-stride loop over fold_element) run on the CPU equals the CPU impl
-    exactly (the same per-channel math; outputs NaN-filled first, so a skipped element shows): several blocks, and
+def test_fold_program_emulated_on_the_cpu(acc, weight_dtype, layout, conv_bias):
+    """The fold program the CUDA kernel runs (its grid, each thread's grid-stride loop over fold_element), run by
+    the emulator on the CPU, equals the CPU impl exactly (the same per-channel math; outputs NaN-filled first, so a skipped element shows): several blocks, and
     a weight of more than 65535 blocks x 256 threads so that the grid-stride loop wraps."""
     from pyfastblocks import _C
 

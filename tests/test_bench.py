@@ -157,9 +157,30 @@ def test_models_section_times_a_right_swap_and_gates_a_wrong_one(tmp_path, monke
     assert ok["section"] == "models" and ok["variant"] == "resnet18" and ok["status"] == "ok", ok
     assert ok["fused_images_per_s"] > 0 and ok["eager_images_per_s"] > 0 and ok["speedup_vs_eager"] > 0
     assert ok["fused_peak_mb"] is None or ok["fused_peak_mb"] >= 0
+    # the frozen column: eval only, checked against the original, its speedups and freeze time reported
+    assert ok["frozen_images_per_s"] > 0 and ok["frozen_speedup_vs_eager"] > 0 and ok["freeze_s"] > 0
+    assert ok["compile_freezing_us"] is None and ok["compile_s"] is None  # --no-compile
     assert wrong["status"] == "WRONG" and wrong["fused_us"] is None and wrong["fused_images_per_s"] is None, wrong
+    assert wrong["frozen_us"] is None and wrong["freeze_s"] is None
     md = (out / "results.md").read_text()
     assert "| family | model | mode |" in md and "WRONG" in md
+    assert "frozen img/s" in md and "frozen x eager" in md and "freeze s" in md
+
+
+def test_models_section_gates_a_wrong_frozen_model(tmp_path, monkeypatch):
+    real = pyfastblocks.freeze
+
+    def wrong_freeze(model, x=None, **kwargs):
+        frozen = real(model, x, **kwargs)
+        return lambda inp: frozen(inp) * 1.1
+
+    _fake_swap(monkeypatch, lambda model, inplace=False: model)
+    monkeypatch.setattr(pyfastblocks, "freeze", wrong_freeze)
+    rc, _, data, _ = _run(tmp_path, "--no-compile", "--sections", "models", "--models", "resnet18")
+    assert rc == 1
+    rows = {r["mode"]: r for r in data["rows"]}
+    assert rows["eval"]["status"] == "WRONG" and "frozen differs" in rows["eval"]["note"]
+    assert rows["eval"]["fused_us"] is None and rows["train"]["status"] == "ok"
 
 
 def test_models_section_reports_unavailable_without_swap(tmp_path, monkeypatch):

@@ -280,12 +280,14 @@ def pytest_collection_finish(session):
 @pytest.mark.slow
 def test_marker_selects_the_gpu_tests_and_no_cpu_test(tmp_path):
     (tmp_path / "cuda_marker_collector.py").write_text(COLLECTOR)
-    env, _ = child_process_env_and_cwd()
+    env, cwd = child_process_env_and_cwd()
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
     env["CUDA_MARKER_DUMP"] = str(tmp_path / "items.json")
-    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "cuda_marker_collector",
-                        "-p", "no:cacheprovider", str(ROOT / "tests")], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+    # -P and a cwd outside the tree: the child imports the pyfastblocks these tests import, as gpu_check.sh's does
+    # (`python -m pytest` from the root would put the uncompiled source folder first on sys.path).
+    r = subprocess.run([sys.executable, "-P", "-m", "pytest", "--collect-only", "-q", "-p", "cuda_marker_collector",
+                        "-p", "no:cacheprovider", "--rootdir", str(ROOT), str(ROOT / "tests")], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads((tmp_path / "items.json").read_text())
     assert len(rows) > 1000

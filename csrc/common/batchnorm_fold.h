@@ -4,6 +4,13 @@
 // CUDA kernel (one channel, or one weight element of the conv fold, per thread).
 #pragma once
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <string>
+
+#include "common/program.h"
+
 #include <c10/core/ScalarType.h>
 #include <c10/macros/Macros.h>
 
@@ -81,6 +88,44 @@ C10_HOST_DEVICE inline void fold_element(const BatchNormFoldArgs& a, int64_t i) 
 inline int64_t fold_elements(const BatchNormFoldArgs& a) {
   const int64_t weights = a.folded_weight != nullptr ? a.channels * a.per_channel : 0;
   return weights > a.channels ? weights : a.channels;
+}
+
+// The CUDA launch as a program (common/program.h): one thread per element, one phase; cuda/program.cuh runs it on
+// the GPU and the emulator (cpu/program_emulator.h) on the CPU.
+template <typename acc_t, typename weight_t>
+struct BatchNormFoldProgram {
+  using State = program::NoState;
+  static constexpr int kPhases = 1;
+  BatchNormFoldArgs args;
+  int64_t elements;
+  int64_t blocks() const { return program::ceil_div(elements, program::kBlockThreads); }
+  int threads() const { return program::kBlockThreads; }
+  int64_t shared_elems() const { return 0; }
+  std::string name() const { return args.folded_weight != nullptr ? "batchnorm_fold_conv" : "batchnorm_fold"; }
+  C10_HOST_DEVICE void phase(int, int64_t block, int thread, int threads, program::Shared, State&) const {
+    const int64_t i = block * threads + thread;
+    if (i < elements) fold_element<acc_t, weight_t>(args, i);
+  }
+};
+
+// f(program) for the fold's dtypes (shared by the CUDA launcher and the emulator).
+template <typename F>
+void with_batchnorm_fold_program(const BatchNormFoldArgs& a, F&& f) {
+  const auto run = [&](auto acc_zero, auto weight_zero) {
+    f(BatchNormFoldProgram<decltype(acc_zero), decltype(weight_zero)>{a, fold_elements(a)});
+  };
+  const auto for_weight = [&](auto acc_zero) {
+    if (a.folded_weight == nullptr) return run(acc_zero, acc_zero);
+    switch (a.weight_dtype) {
+      case c10::ScalarType::Float: return run(acc_zero, float{});
+      case c10::ScalarType::Double: return run(acc_zero, double{});
+      case c10::ScalarType::Half: return run(acc_zero, c10::Half{});
+      case c10::ScalarType::BFloat16: return run(acc_zero, c10::BFloat16{});
+      default: TORCH_CHECK(false, "fastblocks::batchnorm_fold_conv: unsupported weight dtype ", a.weight_dtype);
+    }
+  };
+  if (a.acc == c10::ScalarType::Double) return for_weight(double{});
+  for_weight(float{});
 }
 
 }  // namespace fastblocks

@@ -1,6 +1,8 @@
 #include "common/batchnorm_fold_host.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <string>
 

@@ -29,6 +29,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common/dtype_dispatch.h"
 #include "common/epilogue.h"
 #include "common/epilogue_args.h"
 #include "common/program.h"
@@ -781,16 +782,6 @@ struct ReduceFinish {
 // ---------------------------------------------------------------------------------------------------------------
 // Program choice, shared by the CUDA launcher and the emulator.
 
-template <typename F>
-void with_dtype(c10::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case c10::ScalarType::Float: return f(float{});
-    case c10::ScalarType::Double: return f(double{});
-    case c10::ScalarType::Half: return f(c10::Half{});
-    case c10::ScalarType::BFloat16: return f(c10::BFloat16{});
-    default: TORCH_CHECK(false, "fastblocks epilogue: unsupported dtype ", dtype);
-  }
-}
 
 // Calls f(integral_constant<int, VEC>) with VEC the 16-byte width of T when vec says so, else 1.
 template <typename T, typename F>
@@ -805,7 +796,7 @@ void with_vec(int vec, F&& f) {
 
 template <typename F>
 void with_add_act_forward_program(const AddActForwardArgs& a, F&& f) {
-  with_dtype(a.dtype, [&](auto zero) {
+  dispatch_floating(a.dtype, "fastblocks epilogue", [&](auto zero) {
     using T = decltype(zero);
     with_vec<T>(pick_vec<T>({a.x, a.residual, a.out}),
                 [&](auto vec) { f(AddActForward<T, decltype(vec)::value>::make(a)); });
@@ -814,7 +805,7 @@ void with_add_act_forward_program(const AddActForwardArgs& a, F&& f) {
 
 template <typename F>
 void with_branch_concat_forward_program(const BranchConcatForwardArgs& a, F&& f) {
-  with_dtype(a.dtype, [&](auto zero) {
+  dispatch_floating(a.dtype, "fastblocks epilogue", [&](auto zero) {
     using T = decltype(zero);
     with_vec<T>(branch_vec<T>(a.inputs, a.view, {a.out}),
                 [&](auto vec) { f(BranchConcatForward<T, decltype(vec)::value>::make(a)); });
@@ -848,7 +839,7 @@ int backward_vec(const EpilogueBackwardArgs& a) {
 inline int64_t epilogue_backward_workspace(const EpilogueBackwardArgs& a) {
   if (!a.reduces()) return 0;
   int64_t elems = 0;
-  with_dtype(a.dtype, [&](auto zero) {
+  dispatch_floating(a.dtype, "fastblocks epilogue", [&](auto zero) {
     using T = decltype(zero);
     elems = 2 * reduce_partials(a, backward_vec<T>(a)) * a.view.channels;
   });
@@ -857,7 +848,7 @@ inline int64_t epilogue_backward_workspace(const EpilogueBackwardArgs& a) {
 
 template <typename F>
 void with_epilogue_backward_programs(const EpilogueBackwardArgs& a, void* workspace, F&& f) {
-  with_dtype(a.dtype, [&](auto zero) {
+  dispatch_floating(a.dtype, "fastblocks epilogue", [&](auto zero) {
     using T = decltype(zero);
     using acc = acc_t<T>;
     if (!a.reduces()) {

@@ -56,7 +56,7 @@ void forward_typed(const Act& act, const AddActForwardArgs& a) {
 }  // namespace add_act_detail
 
 void add_act_forward(const AddActForwardArgs& a) {
-  epilogue_detail::dispatch_epilogue_dtype(a.dtype, "fastblocks::add_act", [&](auto zero) {
+  dispatch_floating(a.dtype, "fastblocks::add_act", [&](auto zero) {
     using scalar_t = decltype(zero);
     epilogue_detail::visit_kernel_activation<scalar_t>(
         a.act, [&](const auto& act) { add_act_detail::forward_typed<scalar_t>(act, a); });

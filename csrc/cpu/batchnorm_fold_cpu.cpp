@@ -1,7 +1,7 @@
 // CPU impl of fastblocks::batchnorm_fold and fastblocks::batchnorm_fold_conv (schemas in csrc/fastblocks.cpp):
 // common/batchnorm_fold.h's per-channel math, once per channel (elementwise: the result does not depend on the
 // thread count).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "common/batchnorm_fold_host.h"
+#include "cpu/program_emulator.h"
 #include "cpu/batchnorm_fold_emulation.h"
 
 namespace fastblocks {
@@ -75,39 +76,13 @@ std::tuple<at::Tensor, at::Tensor> batchnorm_fold_conv_cpu(const at::Tensor& con
   return {plan.first, plan.second};
 }
 
-// The CUDA launch of batchnorm_fold_kernel.cu, emulated: its grid (256 threads per block, at most 65535
-// blocks), each thread's grid-stride loop over fold_element, outputs NaN-filled first.
-template <typename acc_t, typename weight_t>
-void emulate_grid(const BatchNormFoldArgs& a) {
-  constexpr int64_t kThreads = 256;
-  const int64_t n = fold_elements(a);
-  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, 65535);
-  for (int64_t block = 0; block < blocks; ++block) {
-    for (int64_t thread = 0; thread < kThreads; ++thread) {
-      for (int64_t i = block * kThreads + thread; i < n; i += blocks * kThreads) fold_element<acc_t, weight_t>(a, i);
-    }
-  }
-}
-
-template <typename acc_t>
-void emulate_for_weight(const BatchNormFoldArgs& a) {
-  if (a.folded_weight == nullptr) return emulate_grid<acc_t, acc_t>(a);
-  switch (a.weight_dtype) {
-    case at::kFloat: return emulate_grid<acc_t, float>(a);
-    case at::kDouble: return emulate_grid<acc_t, double>(a);
-    case at::kHalf: return emulate_grid<acc_t, c10::Half>(a);
-    case at::kBFloat16: return emulate_grid<acc_t, c10::BFloat16>(a);
-    default: TORCH_CHECK(false, "fastblocks::batchnorm_fold_conv: unsupported weight dtype ", a.weight_dtype);
-  }
-}
-
 void emulate(BatchNormFoldPlan& plan) {
   for (auto* t : {&plan.first, &plan.second}) {
     if (t->numel() > 0) t->fill_(std::numeric_limits<double>::quiet_NaN());
   }
   if (fold_elements(plan.args) == 0) return;
-  if (plan.args.acc == at::kDouble) return emulate_for_weight<double>(plan.args);
-  emulate_for_weight<float>(plan.args);
+  std::vector<std::string> names;
+  with_batchnorm_fold_program(plan.args, [&](const auto& p) { emulate_program(p, names); });
 }
 
 }  // namespace

@@ -58,7 +58,7 @@ void forward_typed(const Act& act, const BranchConcatForwardArgs& a) {
 }  // namespace branch_concat_detail
 
 void branch_concat_forward(const BranchConcatForwardArgs& a) {
-  epilogue_detail::dispatch_epilogue_dtype(a.dtype, "fastblocks::branch_concat", [&](auto zero) {
+  dispatch_floating(a.dtype, "fastblocks::branch_concat", [&](auto zero) {
     using scalar_t = decltype(zero);
     epilogue_detail::visit_kernel_activation<scalar_t>(
         a.act, [&](const auto& act) { branch_concat_detail::forward_typed<scalar_t>(act, a); });

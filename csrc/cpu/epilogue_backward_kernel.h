@@ -8,7 +8,7 @@ namespace fastblocks::cpu {
 inline namespace CPU_CAPABILITY {
 
 void epilogue_backward(const EpilogueBackwardArgs& a) {
-  epilogue_detail::dispatch_epilogue_dtype(a.dtype, "fastblocks epilogue backward", [&](auto zero) {
+  dispatch_floating(a.dtype, "fastblocks epilogue backward", [&](auto zero) {
     using scalar_t = decltype(zero);
     epilogue_detail::visit_kernel_activation<scalar_t>(a.act, [&](const auto& act) {
       using Act = std::decay_t<decltype(act)>;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/epilogue.h"
+#include "common/dtype_dispatch.h"
 #include "common/epilogue_args.h"
 #include "cpu/vec_math.h"
 
@@ -329,17 +330,6 @@ void visit_kernel_activation(const ActivationSpec& spec, F&& f) {
   }
 }
 
-// The dtype dispatch every CPU epilogue kernel starts with: f(scalar_t{}) for float, double, half, bfloat16.
-template <typename F>
-void dispatch_epilogue_dtype(c10::ScalarType dtype, const char* name, F&& f) {
-  switch (dtype) {
-    case c10::ScalarType::Float: return f(float{});
-    case c10::ScalarType::Double: return f(double{});
-    case c10::ScalarType::Half: return f(c10::Half{});
-    case c10::ScalarType::BFloat16: return f(c10::BFloat16{});
-    default: TORCH_CHECK(false, name, ": unsupported dtype ", dtype);
-  }
-}
 
 }  // namespace epilogue_detail
 }  // namespace CPU_CAPABILITY

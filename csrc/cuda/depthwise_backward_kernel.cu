@@ -69,7 +69,7 @@ void launch_depthwise_backward(const DepthwiseBackwardArgs& a, cudaStream_t stre
   const bool params_done =
       (a.grad_weight == nullptr && a.grad_bias == nullptr) || tiled::with_param_grad_programs(a, launch);
   if (input_done && params_done) return;
-  dispatch_dtype(a.dtype, "fastblocks::depthwise_conv2d_backward", [&](auto zero) {
+  dispatch_floating(a.dtype, "fastblocks::depthwise_conv2d_backward", [&](auto zero) {
     using T = decltype(zero);
     using acc = acc_t<T>;
     FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] {

@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kThreads)
 
 void launch_depthwise_forward(const DepthwiseForwardArgs& a, cudaStream_t stream) {
   if (tiled::with_forward_program(a, [&](const auto& program) { launch_program(program, stream); })) return;
-  dispatch_dtype(a.dtype, "fastblocks::depthwise_conv2d", [&](auto zero) {
+  dispatch_floating(a.dtype, "fastblocks::depthwise_conv2d", [&](auto zero) {
     using T = decltype(zero);
     FASTBLOCKS_BOOL_SWITCH(a.input_relu, INPUT_RELU, [&] {
       const DepthwiseGeometry& g = a.geo;

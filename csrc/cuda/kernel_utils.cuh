@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "common/dtype_dispatch.h"
+
 namespace fastblocks::cuda {
 
 constexpr int kThreads = 256;
@@ -43,16 +45,5 @@ inline unsigned grid_for(int64_t numel) {
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > (int64_t(1) << 30) ? (int64_t(1) << 30) : blocks));
 }
 
-// float, double, half, bfloat16 -> the kernel's element type.
-template <typename F>
-void dispatch_dtype(c10::ScalarType dtype, const char* name, F&& f) {
-  switch (dtype) {
-    case c10::ScalarType::Float: return f(float{});
-    case c10::ScalarType::Double: return f(double{});
-    case c10::ScalarType::Half: return f(c10::Half{});
-    case c10::ScalarType::BFloat16: return f(c10::BFloat16{});
-    default: TORCH_CHECK(false, name, ": unsupported dtype ", dtype);
-  }
-}
 
 }  // namespace fastblocks::cuda

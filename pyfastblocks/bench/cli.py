@@ -211,7 +211,8 @@ def _main(args, argv: List[str]) -> int:
     def summary(complete: bool):
         return {"settings": settings, "estimate": est, "complete": complete,
                 "elapsed_s": time.perf_counter() - t_start,
-                "compile_total_s": sum(r.compile_s or 0.0 for r in rows), "swap_reports": swap_reports}
+                "compile_total_s": sum((r.compile_s or 0.0) + (r.compile_freezing_s or 0.0) for r in rows),
+                "swap_reports": swap_reports}
 
     progress = _Progress(len(kernel_plan) + 2 * len(model_runs))
     complete = False

@@ -33,9 +33,12 @@ def estimate_seconds(kernel_plan: List[Tuple[str, int]], model_runs: List[Tuple[
         fwd = MODEL_GFLOPS_224.get(name, 5.0) * (image / 224) ** 2 * batch / gflops_device + overhead
         timing += 3.0  # build, copy, swap
         for call in (fwd, 3 * fwd):  # eval, train
-            variants = 3 if model_compile else 2
+            # eval: swapped, eager, frozen (+ compile, compile with freezing); train: swapped, eager (+ compile)
+            variants = (5 if model_compile else 3) if call == fwd else (3 if model_compile else 2)
             # check (2 calls) + per variant: warm-up, 3 rounds (calibration + timing), peak memory (profiled: ~2x)
             timing += 2 * call + variants * ((model_warmup + 6 + 2) * call + min_run_time)
+            if call == fwd:
+                timing += 1.0 + 2 * call  # freeze, and its check
             if model_compile:
-                compile_s += (40.0 if call == fwd else 70.0) * (1.5 if cuda else 1.0)
+                compile_s += (2 * 40.0 if call == fwd else 70.0) * (1.5 if cuda else 1.0)
     return {"timing_s": timing, "compile_s": compile_s, "total_s": timing + compile_s}

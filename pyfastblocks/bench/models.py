@@ -1,14 +1,16 @@
 """The models section: per family, the model after ``pyfastblocks.swap`` against the original, in eval and for
 one training step (SGD), as images/s and peak memory.
 
-The columns are ``MODEL_VARIANTS``: the swapped model (``fused``), the original in eager mode and under
-torch.compile. Another column (a frozen model, say) is one more :class:`ModelVariant` there plus its three
-``Row`` fields (``<key>_us``, ``<key>_images_per_s``, ``<key>_peak_mb``).
+The columns are ``MODEL_VARIANTS``: the swapped model (``fused``), the original in eager mode, under torch.compile,
+under torch.compile with Inductor's freezing (eval), and ``pyfastblocks.freeze`` of the original (eval). Another
+column is one more :class:`ModelVariant` there plus its ``Row`` fields (``<key>_us``, ``<key>_images_per_s``,
+``<key>_peak_mb``; ``speedup_vs_<key>`` for a baseline; its ``wait`` field).
 """
 import contextlib
 import copy
 import importlib
 import io
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +34,7 @@ MODEL_SETS = {
         ("xception", "legacy_xception", "timm", 299),
         ("mobilenet", "mobilenetv1_100", "timm", 224),
         ("mobilenet", "mobilenet_v2", "torchvision", 224),
+        ("efficientnet", "efficientnet_b0", "torchvision", 224),
         ("vgg", "vgg16_bn", "torchvision", 224),
     ],
     "quick": [
@@ -48,7 +51,8 @@ MODEL_SETS = {
 }
 # Forward GFLOPs per 224x224 image (for the up-front time estimate only).
 MODEL_GFLOPS_224 = {"resnet18": 1.8, "resnet50": 4.1, "inception_v3": 3.2, "legacy_xception": 4.6,
-                    "mobilenetv1_100": 0.58, "mobilenet_v2": 0.31, "vgg11_bn": 7.6, "vgg16_bn": 15.5}
+                    "mobilenetv1_100": 0.58, "mobilenet_v2": 0.31, "efficientnet_b0": 0.39, "vgg11_bn": 7.6,
+                    "vgg16_bn": 15.5}
 
 
 
@@ -62,24 +66,69 @@ class ModelVariant:
     """One column of the models section.
 
     ``key``: the Row fields it fills (``<key>_us``, ``<key>_images_per_s``, ``<key>_peak_mb``); "fused" is the
-    one every speedup is of. ``label``: its name in the table. ``make(original, swapped)``: the model to time.
-    ``owner``: whose parameters its training step updates ("original" or "swapped"). ``baseline``: the fused
-    model's speedup over it is reported (``speedup_vs_<key>``). ``compiled``: a torch.compile variant (runs only
-    where the models are compiled; its first call is the row's ``compile_s``; a failure is a note, not an error).
+    one every speedup is of. ``label``: its name in the table. ``make(original, swapped, x)``: the model to time
+    (``x``: the row's input). ``owner``: whose parameters its training step updates ("original" or "swapped").
+    ``baseline``: the fused model's speedup over it is reported (``speedup_vs_<key>``). ``compiled``: a
+    torch.compile variant (runs only where the models are compiled; a failure is a note, not an error).
+    ``modes``: the rows ("eval", "train") it runs in. ``wait``: the Row field that gets the seconds before its first
+    result (a compiled variant: its first call; otherwise ``make``). ``checked``: its eval output is checked
+    against the original before anything is timed (a difference makes the row WRONG). ``speedups``: its own speedup
+    over every baseline is reported too (``<key>_speedup_vs_<baseline>``).
     """
     key: str
     label: str
-    make: Callable[[torch.nn.Module, torch.nn.Module], torch.nn.Module]
+    make: Callable[[torch.nn.Module, torch.nn.Module, torch.Tensor], torch.nn.Module]
     owner: str
     baseline: bool = False
     compiled: bool = False
+    modes: Tuple[str, ...] = ("eval", "train")
+    wait: Optional[str] = None
+    checked: bool = False
+    speedups: bool = False
+
+
+class _FreezingRoot(torch.nn.Module):
+    """A forward of its own: torch.compile caches compiled code per code object (and, with nn modules inlined, serves
+    every instance of a class from one entry), so this compile never shares an entry with a plain one."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
+class CompiledWithFreezing(torch.nn.Module):
+    """torch.compile of a copy of ``model``, its first call (the compile) under ``torch._inductor.config.freezing =
+    True``: weights as constants, BatchNorm folded, oneDNN weights prepacked, conv + bias + activation (+ add) fused,
+    as Inductor does under no_grad. (``torch.compile(..., options={"freezing": True})`` does not turn freezing on.)"""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.compiled = torch.compile(_FreezingRoot(copy.deepcopy(model)))
+        self.compiled_once = False
+
+    def forward(self, *args, **kwargs):
+        if self.compiled_once:
+            return self.compiled(*args, **kwargs)
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            out = self.compiled(*args, **kwargs)
+        self.compiled_once = True
+        return out
 
 
 MODEL_VARIANTS: List[ModelVariant] = [
-    ModelVariant("fused", "swapped", lambda original, swapped: swapped, "swapped"),
-    ModelVariant("eager", "eager", lambda original, swapped: original, "original", baseline=True),
-    ModelVariant("compile", "compile", lambda original, swapped: torch.compile(original), "original",
-                 baseline=True, compiled=True),
+    ModelVariant("fused", "swapped", lambda original, swapped, x: swapped, "swapped"),
+    ModelVariant("eager", "eager", lambda original, swapped, x: original, "original", baseline=True),
+    ModelVariant("compile", "compile", lambda original, swapped, x: torch.compile(original), "original",
+                 baseline=True, compiled=True, wait="compile_s"),
+    ModelVariant("compile_freezing", "compile+freezing", lambda original, swapped, x: CompiledWithFreezing(original),
+                 "original", baseline=True, compiled=True, modes=("eval",), wait="compile_freezing_s"),
+    ModelVariant("frozen", "frozen", lambda original, swapped, x: pyfastblocks.freeze(original, x), "original",
+                 modes=("eval",), wait="freeze_s", checked=True, speedups=True),
 ]
 
 
@@ -156,8 +205,8 @@ def run_model(family: str, name: str, source: str, image: int, batch: int, devic
     The original is a randomly initialized torchvision/timm model in ``dtype`` and ``layout``; the swapped one is
     ``swap(deepcopy(original))``. eval: one forward under no_grad. train: one SGD step (forward, cross-entropy,
     backward, update). Each mode is checked first (outputs, and for train the gradients of the parameters
-    both models name alike), then timed; peak memory is what one call allocates above what was allocated before.
-    ``progress`` (optional) has ``label(text)`` and ``step()``.
+    both models name alike; the variants marked ``checked`` too), then timed; peak memory is what one call
+    allocates above what was allocated before. ``progress`` (optional) has ``label(text)`` and ``step()``.
     """
     dname = DTYPE_NAMES[dtype]
     shape = f"{batch}x3x{image}x{image}"
@@ -211,18 +260,35 @@ def run_model(family: str, name: str, source: str, image: int, batch: int, devic
                 return eval_call(model, x)
 
             calls = {}
-            for v in variants:
+            reset = False
+            wrong = None
+            for v in (v for v in variants if row.mode in v.modes):
                 if not v.compiled:
-                    calls[v.key] = make(v.make(original, swapped), models[v.owner])
+                    start = time.perf_counter()
+                    model = v.make(original, swapped, x)
+                    if v.wait:
+                        setattr(row, v.wait, time.perf_counter() - start)
+                    if v.checked and not train:
+                        ok, err, problems = gate.check_eval(eval_call(original, x), eval_call(model, x), dtype)
+                        if not ok:
+                            wrong = f"{v.label} differs from the original ({problems}): not timed"
+                            break
+                    calls[v.key] = make(model, models[v.owner])
                     continue
                 try:
-                    torch._dynamo.reset()
-                    calls[v.key] = make(v.make(original, swapped), models[v.owner])
+                    if not reset:  # once per row: the compiled variants of a row keep each other's caches
+                        torch._dynamo.reset()
+                        reset = True
+                    calls[v.key] = make(v.make(original, swapped, x), models[v.owner])
                     seconds, _ = timing.compile_time_s(calls[v.key], device)
-                    row.compile_s = (row.compile_s or 0.0) + seconds
+                    setattr(row, v.wait or "compile_s", seconds)
                 except Exception as e:  # noqa: BLE001 (a failing baseline is reported, not fatal)
                     calls.pop(v.key, None)
-                    row.note = f"torch.compile failed: {gate.describe(e)}"
+                    row.note = f"torch.compile ({v.label}) failed: {gate.describe(e)}"
+            if wrong is not None:
+                row.status, row.note = "WRONG", wrong
+                done(row)
+                continue
             us = timing.measure_us(calls, min_run_time, warmup=warmup)
             for key, t in us.items():
                 setattr(row, f"{key}_us", t)
@@ -231,6 +297,9 @@ def run_model(family: str, name: str, source: str, image: int, batch: int, devic
             for v in variants:
                 if v.baseline and v.key in us:
                     setattr(row, f"speedup_vs_{v.key}", us[v.key] / us["fused"])
+                    for w in variants:
+                        if w.speedups and w.key in us:
+                            setattr(row, f"{w.key}_speedup_vs_{v.key}", us[v.key] / us[w.key])
         except gate.NotFinite:
             row.status = "error"
             row.note = f"the original model's output is not finite in {dname} (random weights): nothing to compare"

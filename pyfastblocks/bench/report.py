@@ -40,15 +40,20 @@ def format_table(rows: List[Row], copy_gbs: float) -> str:
 
 
 def format_models_table(rows: List[Row], variants=MODEL_VARIANTS) -> str:
-    """The models table, one column group per variant: images/s, the swapped model's speedup over each
-    baseline, peak MB per call; then compile seconds."""
+    """The models table, one column group per variant: images/s (``-`` where a variant does not run in that mode),
+    the swapped model's speedup over each baseline, the speedups of the variants that report their own (frozen),
+    peak MB per call; then the waits before a first result (torch.compile's first calls, freeze)."""
     model_rows = [r for r in rows if r.section == "models"]
     if not model_rows:
         return ""
     baselines = [v for v in variants if v.baseline]
+    own = [(w, v) for w in variants if w.speedups for v in baselines]
+    waits = [v for v in variants if v.wait]
     header = (["family", "model", "mode", "input", "dtype", "layout"]
               + [f"{v.label} img/s" for v in variants] + [f"x {v.label}" for v in baselines]
-              + [f"peak MB {v.label}" for v in variants] + ["compile s"])
+              + [f"{w.label} x {v.label}" for w, v in own]
+              + [f"peak MB {v.label}" for v in variants]
+              + [("freeze s" if v.wait == "freeze_s" else f"{v.label} s") for v in waits])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in model_rows:
         if r.status != "ok":
@@ -57,10 +62,11 @@ def format_models_table(rows: List[Row], variants=MODEL_VARIANTS) -> str:
             continue
         lines.append("| " + " | ".join(
             [r.op, r.variant, r.mode, r.shape, r.dtype, r.layout]
-            + [_fmt(getattr(r, f"{v.key}_images_per_s"), ".1f") for v in variants]
-            + [_fmt(getattr(r, f"speedup_vs_{v.key}"), ".2f", True) for v in baselines]
-            + [_fmt(getattr(r, f"{v.key}_peak_mb"), ".0f") for v in variants]
-            + [_fmt(r.compile_s, ".1f")]
+            + [_fmt(getattr(r, f"{v.key}_images_per_s", None), ".1f") for v in variants]
+            + [_fmt(getattr(r, f"speedup_vs_{v.key}", None), ".2f", True) for v in baselines]
+            + [_fmt(getattr(r, f"{w.key}_speedup_vs_{v.key}", None), ".2f", True) for w, v in own]
+            + [_fmt(getattr(r, f"{v.key}_peak_mb", None), ".0f") for v in variants]
+            + [_fmt(getattr(r, v.wait, None), ".1f") for v in waits]
         ) + (f" {r.note}" if r.note else "") + " |")
     return "\n".join(lines)
 
