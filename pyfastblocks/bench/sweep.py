@@ -336,7 +336,22 @@ def format_totals(rows: Sequence[SweepRow]) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m pyfastblocks.bench.sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m pyfastblocks.bench.sweep", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m pyfastblocks.bench.sweep                    # ALL models: every torchvision "
+               "classification\n"
+               "                                                        # builder + the timm list (long on a small "
+               "CPU)\n"
+               "  python -m pyfastblocks.bench.sweep --source timm      # only the timm list\n"
+               "  python -m pyfastblocks.bench.sweep --quick            # a few small models of several families\n"
+               "  python -m pyfastblocks.bench.sweep --models densenet121 timm:efficientnet_b0\n"
+               "  python -m pyfastblocks.bench --sections sweep         # the same, from the bench command\n\n"
+               "It prints one row per model (before->after passes per kind), then the totals over the models with "
+               "BatchNorm\n(before -> after per kind, share removed), the models that failed, the models with "
+               "BatchNorm and no fused op,\nand the models with passes left (--verbose: what swap() left alone in "
+               "each, and why). Exit status 1 when\na model failed or gave different outputs.")
     p.add_argument("--models", nargs="+", default=None,
                    help="model names (torchvision or timm; 'timm:<name>' / 'torchvision:<name>' to pick a source); "
                         "default: every torchvision classification builder and the timm list")

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from .. import activations
 from ..nn import _tail
 from . import _rules as R
-from ._fused import (act_name, bn_act, compose_acts, conv_bn_act, conv_bn_add, gated_add_act, load_weights, norm_act,
-                     plain_conv, run_conv_norm_act, se_gate)
+from ._fused import (act_name, bn_act, compose_acts, conv_bn_act, conv_bn_add, drop_path_inactive, gated_add_act,
+                     load_weights, norm_act, plain_conv, run_conv_norm_act, se_gate)
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -222,7 +222,7 @@ def timm_residual_tail(self, h: Tensor, shortcut: Tensor, conv: nn.Conv2d, norm:
     outer = act_name(act)
     se = getattr(self, "se", None)
     drop_path = getattr(self, "drop_path", None)
-    if R.is_identity(se) and R.is_identity(drop_path) and inner == "none" and outer is not None:
+    if R.is_identity(se) and drop_path_inactive(drop_path) and inner == "none" and outer is not None:
         if self.downsample is not None:
             shortcut = self.downsample(shortcut)
         return conv_bn_add(h, conv, bn, shortcut, activation=outer, add="bn")  # x += shortcut
@@ -230,7 +230,7 @@ def timm_residual_tail(self, h: Tensor, shortcut: Tensor, conv: nn.Conv2d, norm:
     gate = se_gate(se, y) if not R.is_identity(se) else None
     if gate is None and se is not None:
         y = se(y)
-    if drop_path is not None and not (R.is_identity(drop_path) or (not drop_path.training and gate is not None)):
+    if not drop_path_inactive(drop_path):
         if gate is not None:
             y, gate = y * gate, None
         y = drop_path(y)
@@ -290,6 +290,26 @@ def timm_resnet_forward_features(self, x: Tensor) -> Tensor:
     return self.layer4(x)
 
 
+def timm_bottle2neck_forward(self, x: Tensor) -> Tensor:
+    """timm ``Bottle2neck`` (Res2Net, Res2NeXt): conv1 + bn1 + act fused; each scale's conv + BN + act fused (the
+    hierarchical add ``sp + spx[i]`` and the concat stay eager: both the sum and the activated output are read
+    again); conv3 + bn3 (+ a squeeze-excitation gate) + residual add + act as :func:`timm_residual_tail`."""
+    out = run_conv_norm_act(x, self.conv1, self.bn1, self.relu)
+    spx = torch.split(out, self.width, 1)
+    spo = []
+    sp = spx[0]
+    for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+        sp = spx[i] if i == 0 or self.is_first else sp + spx[i]
+        sp = run_conv_norm_act(sp, conv, bn, self.relu)
+        spo.append(sp)
+    if self.scale > 1:
+        spo.append(self.pool(spx[-1]) if self.pool is not None else spx[-1])
+    out = torch.cat(spo, 1)
+    if not R.is_identity(self.drop_block):
+        out = self.drop_block(out)
+    return timm_residual_tail(self, out, x, self.conv3, self.bn3, self.relu)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # swap() rules
 
@@ -330,6 +350,22 @@ def _timm_resnet_check(m, parent, name):
     return R.problems(R.has_attributes(m, "grad_checkpointing"), R.norm_problem(m.bn1, "bn1"))
 
 
+def _timm_bottle2neck_check(m, parent, name):
+    convs, bns = m._modules.get("convs"), m._modules.get("bns")
+    return R.problems(
+        R.children_problem(m, ("conv1", "bn1", "convs", "bns", "conv3", "bn3", "relu"),
+                           ("pool", "se", "downsample", "drop_block", "drop_path")),
+        R.conv_problem(m.conv1, "conv1"), R.conv_problem(m.conv3, "conv3"),
+        R.norm_problem(m.bn1, "bn1"), R.norm_problem(m.bn3, "bn3"),
+        None if type(convs) is nn.ModuleList and type(bns) is nn.ModuleList and len(convs) == len(bns) else
+        "convs / bns are not ModuleLists of one length",
+        *(R.conv_problem(c, f"convs.{i}") for i, c in enumerate(convs or ())),
+        *(R.norm_problem(b, f"bns.{i}") for i, b in enumerate(bns or ())),
+        R.act_problem(m.relu, "relu", None),
+        R.has_attributes(m, "width", "scale", "is_first", "pool", "se", "drop_path", "downsample", "drop_block"),
+    )
+
+
 SWAP_RULES = [
     R.Rule("torchvision_BasicBlock", "torchvision.models.resnet.BasicBlock", {"forward": basic_block_forward},
            "conv1+bn1+relu fused; conv2+bn2+add+relu fused", _tv_basic_check,
@@ -350,4 +386,8 @@ SWAP_RULES = [
                    "se.**")),
     R.Rule("timm_ResNet", "timm.models.resnet.ResNet", {"forward_features": timm_resnet_forward_features},
            "stem conv1+bn1+act1 fused", _timm_resnet_check, guards=("conv1.**", "bn1.**", "act1")),
+    R.Rule("timm_Bottle2neck", "timm.models.res2net.Bottle2neck", {"forward": timm_bottle2neck_forward},
+           "conv1+bn1+act and every scale's conv+bn+act fused; bn3+add+act fused (a squeeze-excitation gate in the "
+           "same pass); the scales' adds and the concat stay eager", _timm_bottle2neck_check,
+           guards=("conv1", "bn1.**", "convs.**", "bns.**", "conv3", "bn3.**", "relu", "se.**")),
 ]

@@ -1,0 +1,38 @@
+"""The swap() rules of the generic containers: ``nn.Sequential`` (and its subclasses without a forward of their own:
+torchvision DenseNet's ``_Transition``, timm's ``DenseTransition``, ...), torchvision's ``Conv2dNormActivation`` and
+timm's ``ConvNormAct``. They are also the fallback for blocks of unknown families: swap() visits every child of a
+module it does not recognize, so their Sequential / Conv2dNormActivation / ConvNormAct children still lose their
+BatchNorm and activation passes (a custom forward is never assumed to be a plain chain)."""
+from torch import Tensor, nn
+
+from . import _rules as R
+from ._fused import fused_sequential_forward, run_conv_norm_act, sequential_plan
+
+
+def _sequential_check(m, parent, name):
+    return None if sequential_plan(m) is not None else "nothing to fuse"
+
+
+def _conv_norm_act_check(m, parent=None, name=""):
+    return R.problems(R.conv_problem(m.conv, "conv"), R.norm_problem(m.bn, "bn"),
+                      None if getattr(m, "aa", None) is None or type(m.aa) is nn.Identity else "has anti-aliasing")
+
+
+def conv_norm_act_forward(self, x: Tensor) -> Tensor:
+    """timm ``ConvNormAct``: conv -> bn (BatchNormAct2d: its activation) fused; anti-aliasing after, as timm."""
+    x = run_conv_norm_act(x, self.conv, self.bn)
+    aa = getattr(self, "aa", None)
+    return aa(x) if aa is not None else x
+
+
+_SEQUENTIAL_HOW = "conv -> BN -> activation runs: one conv_bn_act each (BN -> activation: one pass)"
+
+# Sequentials: the plan, made at every call, runs a child with hooks as itself (no guarded children)
+SWAP_RULES = [
+    R.Rule("Sequential", "torch.nn.modules.container.Sequential", {"forward": fused_sequential_forward},
+           _SEQUENTIAL_HOW, _sequential_check, handles_hooks=True, subclasses=True),
+    R.Rule("torchvision_Conv2dNormActivation", "torchvision.ops.misc.Conv2dNormActivation",
+           {"forward": fused_sequential_forward}, _SEQUENTIAL_HOW, _sequential_check, handles_hooks=True),
+    R.Rule("timm_ConvNormAct", "timm.layers.conv_bn_act.ConvNormAct", {"forward": conv_norm_act_forward},
+           "conv+bn+act fused", _conv_norm_act_check, guards=("conv", "bn.**")),
+]
