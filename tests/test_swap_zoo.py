@@ -130,6 +130,15 @@ def test_torchvision_regnet_res_bottleneck(width_out, stride, se):
     no_bn_pass(fused, x, ("bn", "add"))
 
 
+@pytest.mark.parametrize("in_ch,out_ch,stride", [(16, 16, 1), (16, 24, 2)])
+def test_torchvision_mnasnet_inverted_residual(in_ch, out_ch, stride):
+    from torchvision.models.mnasnet import _InvertedResidual
+
+    x = randn(2, in_ch, 8, 8)
+    fused = check_block(_InvertedResidual(in_ch, out_ch, 3, stride, 3), x)
+    no_bn_pass(fused, x, ("bn", "act", "add"))
+
+
 def test_torchvision_regnet_model_report():
     model = torchvision.models.regnet_y_400mf(num_classes=10)
     _, report = pyfastblocks.swap(model, report=True)
@@ -181,6 +190,25 @@ def test_timm_bottle2neck():
     check_block(Bottle2neck(32, 16, stride=2, downsample=down, base_width=16), x)
 
 
+def test_timm_dla_basic_and_root():
+    from timm.models.dla import DlaBasic, DlaRoot
+
+    x = randn(2, 16, 8, 8)
+    check_block(DlaBasic(16, 16), x)
+
+    class Root(nn.Module):  # DlaRoot takes the list of its children's outputs
+        def __init__(self, shortcut):
+            super().__init__()
+            self.root = DlaRoot(32, 16, 1, shortcut)
+
+        def forward(self, x):
+            return self.root([x, x * 0.5])
+
+    for shortcut in (True, False):
+        fused = check_container(Root(shortcut), x, {"timm.models.dla.DlaRoot": 1})
+        no_bn_pass(fused, x, ("bn", "act", "add"))
+
+
 @pytest.mark.parametrize("name,channels", [("inception_v4.InceptionA", 384), ("inception_v4.ReductionA", 384),
                                            ("inception_v4.InceptionC", 1536), ("inception_v4.Mixed3a", 64),
                                            ("inception_resnet_v2.Mixed_5b", 192), ("inception_resnet_v2.Block35", 320),
@@ -193,6 +221,15 @@ def test_timm_inception_modules(name, channels):
     x = randn(2, channels, 5, 5)
     fused = check_block(block, x, train=channels <= 400)
     no_bn_pass(fused, x, ("bn",))
+
+
+@pytest.mark.parametrize("act", ["relu", "silu"])
+def test_timm_separable_conv_norm_act(act):
+    from timm.layers.separable_conv import SeparableConvNormAct
+
+    x = randn(2, 16, 8, 8)
+    fused = check_block(SeparableConvNormAct(16, 24, 3, act_layer=act), x)
+    no_bn_pass(fused, x, ("bn", "act"))
 
 
 def test_unknown_family_still_fuses_its_sequentials():

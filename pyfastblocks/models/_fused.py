@@ -289,14 +289,18 @@ def fused_sequential_forward(self: nn.Sequential, x: Tensor) -> Tensor:
             x = m(x)
         return x
     for step in plan:
-        kind = step[0]
-        if kind == "m":
-            x = mods[step[1]](x)
-        elif kind == "cba":
-            x = conv_bn_act(x, mods[step[1]], mods[step[2]] if step[2] is not None else None, step[3])
-        else:
-            x = bn_act(x, mods[step[1]], step[2])
+        x = run_plan_step(mods, step, x)
     return x
+
+
+def run_plan_step(mods: Dict[str, nn.Module], step: tuple, x: Tensor) -> Tensor:
+    """One step of a :func:`sequential_plan` on the Sequential's children ``mods``."""
+    kind = step[0]
+    if kind == "m":
+        return mods[step[1]](x)
+    if kind == "cba":
+        return conv_bn_act(x, mods[step[1]], mods[step[2]] if step[2] is not None else None, step[3])
+    return bn_act(x, mods[step[1]], step[2])
 
 
 class FusedSequential(nn.Sequential):

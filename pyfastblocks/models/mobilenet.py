@@ -286,9 +286,9 @@ def _timm_ds_check(m, parent, name):
 
 
 def _conv_module_problem(conv, name: str):
-    """A conv a chain runs: a plain nn.Conv2d fuses with its norm; any other nn.Conv2d (timm's Conv2dSame) runs as
-    itself, then its norm + activation are one pass."""
-    return None if isinstance(conv, nn.Conv2d) else f"{name} is {type(conv).__name__}, not an nn.Conv2d"
+    """A conv a chain runs: a plain nn.Conv2d fuses with its norm; any other conv module (timm's Conv2dSame,
+    MixedConv2d, CondConv2d) runs as itself, then its norm + activation are one pass."""
+    return None if isinstance(conv, nn.Module) else f"{name} is missing"
 
 
 def _timm_efficientnet_check(m, parent, name):
@@ -369,6 +369,28 @@ def _tv_block_check(m, parent, name):
                       None if isinstance(getattr(m, "use_res_connect", None), bool) else "no use_res_connect flag")
 
 
+def mnasnet_inverted_residual_forward(self, x: Tensor) -> Tensor:
+    """torchvision MNASNet ``_InvertedResidual``: ``self.layers`` (conv, BN, ReLU, depthwise conv, BN, ReLU, conv, BN)
+    as its Sequential plan, the last conv + BN taking the residual add in its pass."""
+    seq = self.layers
+    if not self.apply_residual:
+        return seq(x)
+    plan = None if F_.global_hooks() else F_.sequential_plan(seq)
+    if plan and plan[-1][0] == "cba" and plan[-1][2] is not None and plan[-1][3] == "none" and F_.unhooked(seq):
+        mods = seq._modules
+        h = x
+        for step in plan[:-1]:
+            h = F_.run_plan_step(mods, step, h)
+        return conv_bn_add(h, mods[plan[-1][1]], mods[plan[-1][2]], x, activation="none", add="promote")
+    return seq(x) + x
+
+
+def _mnasnet_check(m, parent, name):
+    return R.problems(R.children_problem(m, ("layers",)),
+                      None if type(m.layers) is nn.Sequential else "layers is not an nn.Sequential",
+                      None if isinstance(getattr(m, "apply_residual", None), bool) else "no apply_residual flag")
+
+
 _TV_BLOCK_HOW = ("block's Conv2dNormActivations fused (their own rule); the last conv + BN + residual add: one "
                  "pass (squeeze-excitation and an active stochastic depth stay module calls)")
 
@@ -398,4 +420,8 @@ SWAP_RULES = [
              _tv_block_check, guards=("block.**", "stochastic_depth"))
       for mod, cls in (("efficientnet", "MBConv"), ("efficientnet", "FusedMBConv"),
                        ("mobilenetv3", "InvertedResidual"))),
+    R.Rule("torchvision_mnasnet_InvertedResidual", "torchvision.models.mnasnet._InvertedResidual",
+           {"forward": mnasnet_inverted_residual_forward},
+           "layers' conv -> BN -> ReLU runs fused (Sequential plan); the last conv + BN + residual add: one pass",
+           _mnasnet_check, guards=("layers",)),
 ]

@@ -2,7 +2,8 @@
 torchvision DenseNet's ``_Transition``, timm's ``DenseTransition``, ...), torchvision's ``Conv2dNormActivation`` and
 timm's ``ConvNormAct``. They are also the fallback for blocks of unknown families: swap() visits every child of a
 module it does not recognize, so their Sequential / Conv2dNormActivation / ConvNormAct children still lose their
-BatchNorm and activation passes (a custom forward is never assumed to be a plain chain)."""
+BatchNorm and activation passes (a custom forward is never assumed to be a plain chain). timm's
+``SeparableConvNormAct`` (VoVNet's depthwise blocks) is here too: a generic layer of timm.layers."""
 from torch import Tensor, nn
 
 from . import _rules as R
@@ -25,6 +26,16 @@ def conv_norm_act_forward(self, x: Tensor) -> Tensor:
     return aa(x) if aa is not None else x
 
 
+def separable_conv_norm_act_forward(self, x: Tensor) -> Tensor:
+    """timm ``SeparableConvNormAct``: conv_dw as it is; conv_pw + bn (BatchNormAct2d: its activation) fused."""
+    return run_conv_norm_act(self.conv_dw(x), self.conv_pw, self.bn)
+
+
+def _separable_check(m, parent=None, name=""):
+    return R.problems(R.children_problem(m, ("conv_dw", "conv_pw", "bn")), R.conv_problem(m.conv_pw, "conv_pw"),
+                      R.norm_problem(m.bn, "bn"))
+
+
 _SEQUENTIAL_HOW = "conv -> BN -> activation runs: one conv_bn_act each (BN -> activation: one pass)"
 
 # Sequentials: the plan, made at every call, runs a child with hooks as itself (no guarded children)
@@ -35,4 +46,7 @@ SWAP_RULES = [
            {"forward": fused_sequential_forward}, _SEQUENTIAL_HOW, _sequential_check, handles_hooks=True),
     R.Rule("timm_ConvNormAct", "timm.layers.conv_bn_act.ConvNormAct", {"forward": conv_norm_act_forward},
            "conv+bn+act fused", _conv_norm_act_check, guards=("conv", "bn.**")),
+    R.Rule("timm_SeparableConvNormAct", "timm.layers.separable_conv.SeparableConvNormAct",
+           {"forward": separable_conv_norm_act_forward}, "pointwise conv+bn+act fused", _separable_check,
+           guards=("conv_pw", "bn.**")),
 ]
