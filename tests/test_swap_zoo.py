@@ -232,6 +232,25 @@ def test_timm_separable_conv_norm_act(act):
     no_bn_pass(fused, x, ("bn", "act"))
 
 
+def test_timm_batchnorm_act_on_its_own():
+    from timm.layers import BatchNormAct2d
+
+    class PreAct(nn.Module):  # a pre-activation block (DPN's BnActConv2d, ResNetV2): BN + act, then a conv
+        def __init__(self):
+            super().__init__()
+            self.bn = BatchNormAct2d(16, act_layer=nn.SiLU)
+            self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    x = randn(2, 16, 8, 8)
+    fused = check_container(PreAct(), x, {"timm.layers.norm_act.BatchNormAct2d": 1})
+    no_bn_pass(fused, x, ("bn", "act"))
+    _, report = pyfastblocks.swap(BatchNormAct2d(16, apply_act=False), report=True)
+    assert report.total_swapped == 0 and not report.left  # a BN alone is one pass either way
+
+
 def test_unknown_family_still_fuses_its_sequentials():
     class Unknown(nn.Module):  # a custom forward: never assumed to be a chain
         def __init__(self):

@@ -416,7 +416,7 @@ SWAP_RULES = [
              "the last conv + BN + residual add: one pass while drop_path is the identity; aa / se stay module calls",
              _timm_chain_check(steps, optional), guards=_chain_guards(steps))
       for cls, (steps, optional) in _TIMM_CHAINS.items()),
-    *(R.Rule(f"torchvision_{cls}", f"torchvision.models.{mod}.{cls}", {"forward": tv_block_forward}, _TV_BLOCK_HOW,
+    *(R.Rule(f"torchvision_{mod}_{cls}", f"torchvision.models.{mod}.{cls}", {"forward": tv_block_forward}, _TV_BLOCK_HOW,
              _tv_block_check, guards=("block.**", "stochastic_depth"))
       for mod, cls in (("efficientnet", "MBConv"), ("efficientnet", "FusedMBConv"),
                        ("mobilenetv3", "InvertedResidual"))),

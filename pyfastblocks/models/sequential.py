@@ -3,11 +3,12 @@ torchvision DenseNet's ``_Transition``, timm's ``DenseTransition``, ...), torchv
 timm's ``ConvNormAct``. They are also the fallback for blocks of unknown families: swap() visits every child of a
 module it does not recognize, so their Sequential / Conv2dNormActivation / ConvNormAct children still lose their
 BatchNorm and activation passes (a custom forward is never assumed to be a plain chain). timm's
-``SeparableConvNormAct`` (VoVNet's depthwise blocks) is here too: a generic layer of timm.layers."""
+``SeparableConvNormAct`` (VoVNet's depthwise blocks) and ``BatchNormAct2d`` (a BatchNorm + activation module: on its own
+in pre-activation blocks) are here too: generic layers of timm.layers."""
 from torch import Tensor, nn
 
 from . import _rules as R
-from ._fused import fused_sequential_forward, run_conv_norm_act, sequential_plan
+from ._fused import bn_act, fused_sequential_forward, norm_act, run_conv_norm_act, sequential_plan
 
 
 def _sequential_check(m, parent, name):
@@ -36,6 +37,18 @@ def _separable_check(m, parent=None, name=""):
                       R.norm_problem(m.bn, "bn"))
 
 
+def batchnorm_act_forward(self, x: Tensor) -> Tensor:
+    """timm ``BatchNormAct2d`` on its own (pre-activation blocks: DPN, ResNetV2, ...): BN + activation, one pass."""
+    return bn_act(x, self, norm_act(self)[1])
+
+
+def _batchnorm_act_check(m, parent=None, name=""):
+    spec = norm_act(m)
+    if spec is None:
+        return "its drop is not an Identity, or its act is not an activation of the table"
+    return None if spec[1] != "none" else "nothing to fuse"  # a BN alone: one pass either way
+
+
 _SEQUENTIAL_HOW = "conv -> BN -> activation runs: one conv_bn_act each (BN -> activation: one pass)"
 
 # Sequentials: the plan, made at every call, runs a child with hooks as itself (no guarded children)
@@ -49,4 +62,6 @@ SWAP_RULES = [
     R.Rule("timm_SeparableConvNormAct", "timm.layers.separable_conv.SeparableConvNormAct",
            {"forward": separable_conv_norm_act_forward}, "pointwise conv+bn+act fused", _separable_check,
            guards=("conv_pw", "bn.**")),
+    R.Rule("timm_BatchNormAct2d", "timm.layers.norm_act.BatchNormAct2d", {"forward": batchnorm_act_forward},
+           "BN + activation: one pass", _batchnorm_act_check, guards=("act", "drop")),
 ]
