@@ -72,6 +72,17 @@ def test_torchvision_dense_block_and_transition():
     assert counts["bn"] == 0 and counts["act"] == 0 and counts["cat"] == 1, dict(counts)
 
 
+def test_torchvision_dense_block_longer_than_one_branch_concat():
+    from torchvision.models.densenet import _DenseBlock
+
+    # 18 layers: the last ones concatenate more inputs than one branch_concat takes
+    x = randn(2, 8, 4, 4)
+    fused = check_container(_DenseBlock(18, 8, 1, 2, 0.0), x, {"torchvision.models.densenet._DenseLayer": 18},
+                            train=False)
+    counts, _ = count_passes(fused, x)
+    assert counts["bn"] == 0 and counts["cat"] == 1 + 2, dict(counts)  # the block's own + the heads of the layers with 17, 18 inputs
+
+
 def test_torchvision_dense_layer_dropout_and_memory_efficient():
     from torchvision.models.densenet import _DenseBlock
 
@@ -184,10 +195,10 @@ def test_timm_bottle2neck():
     from timm.models.res2net import Bottle2neck
 
     x = randn(2, 32, 8, 8)
-    fused = check_block(Bottle2neck(32, 8, base_width=16), x)
+    fused = check_block(Bottle2neck(32, 8, base_width=16, norm_layer=nn.BatchNorm2d), x)
     no_bn_pass(fused, x, ("bn",))
     down = nn.Sequential(nn.Conv2d(32, 64, 1, 2, bias=False), nn.BatchNorm2d(64))
-    check_block(Bottle2neck(32, 16, stride=2, downsample=down, base_width=16), x)
+    check_block(Bottle2neck(32, 16, stride=2, downsample=down, base_width=16, norm_layer=nn.BatchNorm2d), x)
 
 
 def test_timm_dla_basic_and_root():
@@ -209,17 +220,27 @@ def test_timm_dla_basic_and_root():
         no_bn_pass(fused, x, ("bn", "act", "add"))
 
 
-@pytest.mark.parametrize("name,channels", [("inception_v4.InceptionA", 384), ("inception_v4.ReductionA", 384),
-                                           ("inception_v4.InceptionC", 1536), ("inception_v4.Mixed3a", 64),
-                                           ("inception_resnet_v2.Mixed_5b", 192), ("inception_resnet_v2.Block35", 320),
-                                           ("inception_resnet_v2.Block8", 2080)])
-def test_timm_inception_modules(name, channels):
-    import importlib
-
-    module, cls = name.split(".")
-    block = getattr(importlib.import_module(f"timm.models.{module}"), cls)()
-    x = randn(2, channels, 5, 5)
-    fused = check_block(block, x, train=channels <= 400)
+@pytest.mark.parametrize("model_name,kind", [
+    ("inception_v4", "Mixed3a"), ("inception_v4", "Mixed4a"), ("inception_v4", "Mixed5a"),
+    ("inception_v4", "InceptionA"), ("inception_v4", "ReductionA"), ("inception_v4", "InceptionB"),
+    ("inception_v4", "ReductionB"), ("inception_v4", "InceptionC"),
+    ("inception_resnet_v2", "Mixed_5b"), ("inception_resnet_v2", "Block35"), ("inception_resnet_v2", "Mixed_6a"),
+    ("inception_resnet_v2", "Block17"), ("inception_resnet_v2", "Mixed_7a"), ("inception_resnet_v2", "Block8"),
+    ("inception_v3", "InceptionA"), ("inception_v3", "InceptionB"), ("inception_v3", "InceptionE")])
+def test_timm_inception_modules(model_name, kind):
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=10)
+    index = next(i for i, m in enumerate(model.modules()) if type(m).__name__ == kind)
+    block = list(model.modules())[index]
+    seen = []
+    handle = block.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model.eval()(randn(1, 3, 75, 75))
+    handle.remove()
+    block = copy.deepcopy(block)
+    x = seen[0].clone()
+    train = sum(p.numel() for p in block.parameters()) < 2_000_000
+    fused = check_block(block, x, train=train)
     no_bn_pass(fused, x, ("bn",))
 
 
@@ -327,4 +348,4 @@ def test_live_rule_dense_layer_mbconv_regnet_bottle2neck():
     def hook_bns(m):
         m.bns[1].register_forward_hook(lambda mod, i, o: o + 1)
 
-    _live_case(Bottle2neck(32, 8, base_width=16), randn(2, 32, 8, 8), hook_bns)
+    _live_case(Bottle2neck(32, 8, base_width=16, norm_layer=nn.BatchNorm2d), randn(2, 32, 8, 8), hook_bns)

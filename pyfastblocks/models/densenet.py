@@ -38,12 +38,20 @@ def _sliced_specs(bn, widths: List[int]) -> list:
     return specs
 
 
+# fastblocks::branch_concat takes at most this many inputs
+MAX_CONCAT_INPUTS = 16
+
+
 def cat_norm_act(inputs: List[Tensor], norm, activation: str) -> Tensor:
-    """``act(norm(cat(inputs, 1)))``: one branch_concat with norm's running statistics, else the concat and one
+    """``act(norm(cat(inputs, 1)))``: one branch_concat with norm's running statistics (beyond
+    :data:`MAX_CONCAT_INPUTS` inputs, the oldest ones are concatenated first, eagerly), else the concat and one
     fused BN + activation pass."""
     bn = norm_act(norm)[0]
     if len(inputs) > 1 and bn is not None and not uses_batch_stats(bn) and not fx_tracing() \
             and sum(t.shape[1] for t in inputs) == bn.num_features:
+        if len(inputs) > MAX_CONCAT_INPUTS:
+            cut = len(inputs) - MAX_CONCAT_INPUTS + 1
+            inputs = [torch.cat(inputs[:cut], 1)] + list(inputs[cut:])
         name, slope = activations.split(activation)
         return _tail.bn_tail(list(inputs), _sliced_specs(bn, [t.shape[1] for t in inputs]), None, name, True,
                              negative_slope=slope)
