@@ -2,9 +2,10 @@
 ``nn.Sequential`` subclasses: the Sequential rule fuses their BN -> ReLU).
 
 A dense layer is ``conv2(act2(norm2(conv1(act1(norm1(cat(inputs)))))))``: the concat, norm1 and its activation are
-one ``branch_concat`` pass in eval (norm1's per-channel scale/bias laid over the inputs' channel ranges; with batch
-statistics, the concat and then one fused BN + activation pass: the statistics span all channels of one BatchNorm),
-conv1 + norm2 + act2 one :func:`conv_bn_act`; conv2 and the dropout run as the original's.
+one ``branch_concat`` pass in eval (norm1's per-channel scale/bias laid over the inputs' channel ranges; without
+running statistics, the concat and then one fused BN + activation pass), conv1 + norm2 + act2 one
+:func:`conv_bn_act`; conv2 and the dropout run as the original's. In training (batch statistics) a dense layer runs
+its original forward (see :func:`dense_layer_forward`); the transitions stay fused.
 """
 from typing import List
 
@@ -65,6 +66,11 @@ def dense_layer_forward(self, x) -> Tensor:
     checkpointing = getattr(self, "memory_efficient", False) or getattr(self, "grad_checkpointing", False)
     if checkpointing and any(getattr(t, "requires_grad", False) for t in feats):
         return type(self)._fastblocks_base.forward(self, x)  # the original's activation checkpointing
+    if uses_batch_stats(norm_act(self.norm1)[0]) or uses_batch_stats(norm_act(self.norm2)[0]):
+        # batch statistics: the original's forward. Through the fused tails, densenet121's float32 gradients came
+        # out 2.2e-2 from a float64 run on one draw where eager's were 0.99e-2 (tests/test_training_models.py's
+        # bound is 1e-2): not resolved, so training runs as the original
+        return type(self)._fastblocks_base.forward(self, x)
     h = cat_norm_act(feats, self.norm1, _act(self, "norm1", "relu1"))
     h = conv_bn_act(h, self.conv1, norm_act(self.norm2)[0], _act(self, "norm2", "relu2"))
     h = self.conv2(h)
@@ -90,7 +96,8 @@ def _dense_layer_check(m, parent, name):
     return None
 
 
-_HOW = "cat + norm1 + act1: one branch_concat (eval); conv1 + norm2 + act2 fused; conv2 as it is"
+_HOW = ("eval: cat + norm1 + act1 one branch_concat, conv1 + norm2 + act2 fused, conv2 as it is; training: the "
+        "original forward")
 _GUARDS = ("norm1.**", "relu1", "conv1", "norm2.**", "relu2")
 
 SWAP_RULES = [
