@@ -388,6 +388,6 @@ SWAP_RULES = [
            "stem conv1+bn1+act1 fused", _timm_resnet_check, guards=("conv1.**", "bn1.**", "act1")),
     R.Rule("timm_Bottle2neck", "timm.models.res2net.Bottle2neck", {"forward": timm_bottle2neck_forward},
            "conv1+bn1+act and every scale's conv+bn+act fused; bn3+add+act fused (a squeeze-excitation gate in the "
-           "same pass); the scales' adds and the concat stay eager", _timm_bottle2neck_check,
+           "same pass); the scales' adds and the concat stay eager", _timm_bottle2neck_check, owns=("convs", "bns"),
            guards=("conv1", "bn1.**", "convs.**", "bns.**", "conv3", "bn3.**", "relu", "se.**")),
 ]

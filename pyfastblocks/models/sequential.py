@@ -64,4 +64,10 @@ SWAP_RULES = [
            guards=("conv_pw", "bn.**")),
     R.Rule("timm_BatchNormAct2d", "timm.layers.norm_act.BatchNormAct2d", {"forward": batchnorm_act_forward},
            "BN + activation: one pass", _batchnorm_act_check, guards=("act", "drop")),
+    # squeeze-excitation: named in the report with the reason instead of "not a recognized block"
+    *(R.Rule(f"se_{path.rsplit('.', 1)[1]}", path, {}, "", R.left_alone(
+        "squeeze-excitation: runs on [N, C, 1, 1] maps; x * gate stays a call (in timm ResNet blocks it joins the "
+        "residual add's pass)"))
+      for path in ("torchvision.ops.misc.SqueezeExcitation", "timm.layers.squeeze_excite.SEModule",
+                   "timm.models._efficientnet_blocks.SqueezeExcite")),
 ]
