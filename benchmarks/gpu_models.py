@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 import pyfastblocks
+from pyfastblocks.bench.models import build_model
 
 # (name, source, image size). Inception-v3 needs at least 75x75.
 MODELS = [
@@ -93,21 +94,6 @@ def is_conv_gemm(kernel_name: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------------------
 # Models
-
-
-def build_model(name: str, source: str, device: torch.device) -> torch.nn.Module:
-    """A randomly initialized torchvision or timm model, created on `device` (no download)."""
-    with torch.device(device):
-        if source == "timm":
-            import timm
-
-            return timm.create_model(name, pretrained=False)
-        import torchvision
-
-        kwargs = {"weights": None}
-        if name == "inception_v3":
-            kwargs.update(aux_logits=False, init_weights=False)
-        return getattr(torchvision.models, name)(**kwargs)
 
 
 @torch.no_grad()

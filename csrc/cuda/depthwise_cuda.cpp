@@ -1,5 +1,6 @@
 // CUDA impl of fastblocks::depthwise_conv2d and fastblocks::depthwise_conv2d_backward (schemas in
-// csrc/fastblocks.cpp): checks and allocation on the host, kernels in depthwise_forward_kernel.cu / depthwise_backward_kernel.cu (and, for activations
+// csrc/fastblocks.cpp): checks and allocation on the host, kernels in depthwise_forward_kernel.cu,
+// depthwise_input_grad_kernel.cu and depthwise_param_grad_kernel.cu (and, for activations
 // whose gradient needs the pre-activation, the epilogue backward program that masks grad_out), on the current
 // stream under a device guard.
 #include <ATen/core/Tensor.h>
@@ -56,7 +57,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
       cuda::launch_epilogue_backward(pass.mask, nullptr, stream);  // elementwise: no workspace
     }
     prepare_tiled_backward(plan);
-    cuda::launch_depthwise_backward(plan.args, stream);
+    cuda::launch_depthwise_input_grad(plan.args, stream);
+    cuda::launch_depthwise_param_grad(plan.args, stream);
   }
   finish_depthwise_backward(plan);
   return {plan.grad_input, plan.grad_weight, plan.grad_bias};

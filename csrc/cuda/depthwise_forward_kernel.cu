@@ -2,7 +2,8 @@
 // bfloat16; the CPU emulator runs the same programs in the tests), launched by cuda/program.cuh, and the generic
 // kernel for the rest (float64; NHWC with a channel multiplier; tiles that do not fit in shared memory): one thread
 // per output, its value from the C10_HOST_DEVICE math of common/depthwise.h that the CPU kernels share. The backward
-// is cuda/depthwise_backward_kernel.cu (a translation unit of its own: the two compile in parallel).
+// is in cuda/depthwise_input_grad_kernel.cu and cuda/depthwise_param_grad_kernel.cu (translation units of their
+// own: the three compile in parallel).
 #include "cuda/kernel_utils.cuh"
 #include "cuda/launchers.h"
 #include "cuda/program.cuh"

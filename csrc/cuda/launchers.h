@@ -19,9 +19,11 @@ void launch_branch_concat_forward(const BranchConcatForwardArgs& args, cudaStrea
 // holds epilogue_programs::epilogue_backward_workspace(args) values of the accumulation type.
 void launch_epilogue_backward(const EpilogueBackwardArgs& args, void* workspace, cudaStream_t stream);
 
-// depthwise_forward_kernel.cu, depthwise_backward_kernel.cu
+// depthwise_forward_kernel.cu; the backward's halves (each returns at once when its gradients are not asked for):
+// depthwise_input_grad_kernel.cu and depthwise_param_grad_kernel.cu.
 void launch_depthwise_forward(const DepthwiseForwardArgs& args, cudaStream_t stream);
-void launch_depthwise_backward(const DepthwiseBackwardArgs& args, cudaStream_t stream);
+void launch_depthwise_input_grad(const DepthwiseBackwardArgs& args, cudaStream_t stream);
+void launch_depthwise_param_grad(const DepthwiseBackwardArgs& args, cudaStream_t stream);
 
 // batchnorm_fold_kernel.cu: fastblocks::batchnorm_fold / batchnorm_fold_conv, one launch.
 void launch_batchnorm_fold(const BatchNormFoldArgs& args, cudaStream_t stream);

@@ -162,18 +162,19 @@ def apply_swap(swap: Callable, model: torch.nn.Module) -> Tuple[torch.nn.Module,
     return out, text
 
 
-def build_model(name: str, source: str) -> torch.nn.Module:
-    """A randomly initialized torchvision or timm model (no download)."""
-    if source == "timm":
-        import timm
+def build_model(name: str, source: str, device: Optional[torch.device] = None) -> torch.nn.Module:
+    """A randomly initialized torchvision or timm model (no download), created on ``device`` (default: torch's)."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if source == "timm":
+            import timm
 
-        return timm.create_model(name, pretrained=False)
-    import torchvision
+            return timm.create_model(name, pretrained=False)
+        import torchvision
 
-    kwargs = {"weights": None}
-    if name == "inception_v3":
-        kwargs.update(aux_logits=False, init_weights=False)
-    return getattr(torchvision.models, name)(**kwargs)
+        kwargs = {"weights": None}
+        if name == "inception_v3":
+            kwargs.update(aux_logits=False, init_weights=False)
+        return getattr(torchvision.models, name)(**kwargs)
 
 
 def eval_call(model, x):

@@ -3,11 +3,10 @@ a torchvision ResNet block runs in eager mode."""
 from typing import Iterator, List
 
 import torch
-import torch.nn.functional as F
 
 from pyfastblocks import ops
 
-from .base import DTYPE_NAMES, Case, OpBench, elementwise_batches, in_layout, register
+from .base import DTYPE_NAMES, Case, EvalBatchNorm, OpBench, elementwise_batches, in_layout, register
 
 # ResNet-50's block outputs (where the residual add+ReLU runs): channels, height/width.
 RESNET50_TAILS = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
@@ -21,19 +20,14 @@ def cases(device: torch.device, dtype: torch.dtype, layout: str, batches: List[i
             shape = (batch, channels, hw, hw)
             x = in_layout(torch.randn(shape, device=device, dtype=dtype), layout)
             r = in_layout(torch.randn(shape, device=device, dtype=dtype), layout)
-            w = torch.rand(channels, device=device) + 0.5
-            b = torch.randn(channels, device=device)
-            rm = torch.randn(channels, device=device) * 0.1
-            rv = torch.rand(channels, device=device) + 0.5
-            eps = 1e-5
-            scale = w * torch.rsqrt(rv + eps)
-            bias = b - rm * scale
+            bn = EvalBatchNorm.random(channels, device)
+            scale, bias = bn.scale, bn.shift
             nbytes = 3 * x.numel() * x.element_size()
             dname = DTYPE_NAMES[dtype]
 
-            def eager_bn_add_relu(x=x, r=r, w=w, b=b, rm=rm, rv=rv):
+            def eager_bn_add_relu(x=x, r=r, bn=bn):
                 # What a torchvision ResNet block runs in eval: out = bn(x); out += identity; relu_(out).
-                out = F.batch_norm(x, rm, rv, w, b, False, 0.0, eps)
+                out = bn(x)
                 out += r
                 return torch.relu_(out)
 

@@ -5,11 +5,10 @@ activation in place."""
 from typing import Iterator, List
 
 import torch
-import torch.nn.functional as F
 
 from pyfastblocks import activations, ops
 
-from .base import DTYPE_NAMES, Case, OpBench, elementwise_batches, in_layout, register
+from .base import DTYPE_NAMES, Case, EvalBatchNorm, OpBench, elementwise_batches, in_layout, register
 
 # (activation, channels, height/width) of block outputs where the activation follows a BatchNorm.
 EFFICIENTNET_B0_SILU = [("silu", 32, 112), ("silu", 96, 112), ("silu", 144, 56), ("silu", 240, 28),
@@ -34,20 +33,15 @@ def cases(device: torch.device, dtype: torch.dtype, layout: str, batches: List[i
         for activation, channels, hw in shapes:
             shape = (batch, channels, hw, hw)
             x = in_layout(torch.randn(shape, device=device, dtype=dtype), layout)
-            w = torch.rand(channels, device=device) + 0.5
-            b = torch.randn(channels, device=device)
-            rm = torch.randn(channels, device=device) * 0.1
-            rv = torch.rand(channels, device=device) + 0.5
-            eps = 1e-5
-            scale = w * torch.rsqrt(rv + eps)
-            bias = b - rm * scale
+            bn = EvalBatchNorm.random(channels, device)
+            scale, bias = bn.scale, bn.shift
             nbytes = 2 * x.numel() * x.element_size()
             dname = DTYPE_NAMES[dtype]
             for act in (activation, "relu"):
 
-                def eager(x=x, w=w, b=b, rm=rm, rv=rv, act=act):
+                def eager(x=x, bn=bn, act=act):
                     # an eval Conv2dNormActivation: batch_norm, then the activation module (in place)
-                    return activations.apply(F.batch_norm(x, rm, rv, w, b, False, 0.0, eps), act, inplace=True)
+                    return activations.apply(bn(x), act, inplace=True)
 
                 # ops.affine_act is looked up at each call (tests replace it to check the gate)
                 yield Case("affine_act", f"bn+{act}", shape, dname, layout,

@@ -33,6 +33,35 @@ class Case:
     scaled_tolerance: bool = False
 
 
+@dataclass
+class EvalBatchNorm:
+    """An eval BatchNorm's random parameters and statistics for ``channels`` channels (float32), and their fold:
+    ``F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps) == x * scale[c] + shift[c]``."""
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    eps: float
+
+    @classmethod
+    def random(cls, channels: int, device: torch.device, eps: float = 1e-5) -> "EvalBatchNorm":
+        return cls(torch.rand(channels, device=device) + 0.5, torch.randn(channels, device=device),
+                   torch.randn(channels, device=device) * 0.1, torch.rand(channels, device=device) + 0.5, eps)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.weight * torch.rsqrt(self.running_var + self.eps)
+
+    @property
+    def shift(self) -> torch.Tensor:
+        return self.bias - self.running_mean * self.scale
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The eager eval BatchNorm of ``x``."""
+        return torch.nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False,
+                                              0.0, self.eps)
+
+
 # cases(device, dtype, layout, batches, shapes) -> the op's cases, in row order
 CasesFn = Callable[[torch.device, torch.dtype, str, List[int], Sequence], Iterator[Case]]
 # plan(batches, shapes, element size in bytes) -> (mode, bytes moved) of every case ``cases`` yields, in order

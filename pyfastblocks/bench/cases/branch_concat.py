@@ -2,11 +2,10 @@
 from typing import Iterator, List
 
 import torch
-import torch.nn.functional as F
 
 from pyfastblocks import ops
 
-from .base import DTYPE_NAMES, Case, OpBench, elementwise_batches, in_layout, register
+from .base import DTYPE_NAMES, Case, EvalBatchNorm, OpBench, elementwise_batches, in_layout, register
 
 # InceptionV3 module tails (branch channels, height/width); Mixed_7b's inner 3x3 pairs are separate inputs.
 INCEPTION_V3_TAILS = [
@@ -23,16 +22,14 @@ def cases(device: torch.device, dtype: torch.dtype, layout: str, batches: List[i
     for batch in batches:
         for name, channels, hw in tails:
             xs = [in_layout(torch.randn(batch, c, hw, hw, device=device, dtype=dtype), layout) for c in channels]
-            bns = [(torch.rand(c, device=device) + 0.5, torch.randn(c, device=device), torch.randn(c, device=device) * 0.1,
-                    torch.rand(c, device=device) + 0.5) for c in channels]
-            scale = torch.cat([w * torch.rsqrt(rv + eps) for w, _, _, rv in bns])
-            bias = torch.cat([b - rm * w * torch.rsqrt(rv + eps) for w, b, rm, rv in bns])
+            bns = [EvalBatchNorm.random(c, device, eps) for c in channels]
+            scale = torch.cat([bn.scale for bn in bns])
+            bias = torch.cat([bn.shift for bn in bns])
             nbytes = 2 * sum(x.numel() for x in xs) * xs[0].element_size()
 
             def eager(xs=xs, bns=bns):
                 # What torchvision's Inception runs: BasicConv2d's bn + relu(inplace) per branch, then cat.
-                return torch.cat([torch.relu_(F.batch_norm(x, rm, rv, w, b, False, 0.0, eps))
-                                  for x, (w, b, rm, rv) in zip(xs, bns)], 1)
+                return torch.cat([torch.relu_(bn(x)) for x, bn in zip(xs, bns)], 1)
 
             shape = (batch, sum(channels), hw, hw)
             yield Case("branch_concat", f"{name} bn+relu+cat", shape, dname, layout,
