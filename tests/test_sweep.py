@@ -54,3 +54,19 @@ def test_help_documents_running_all_models(capsys):
         sweep.parse_args(["--help"])
     out = capsys.readouterr().out
     assert "ALL models" in out and "--quick" in out and "--sections sweep" in out
+
+
+def test_float64_check_tells_rounding_from_a_wrong_result(monkeypatch):
+    import pyfastblocks
+    import pyfastblocks.models._fused as fused_module
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    sweep.randomize_batchnorms(m)
+    swapped = pyfastblocks.swap(m)
+    x = torch.randn(2, 3, 8, 8)
+    err, noise = sweep.float64_error(swapped, x)
+    assert err <= sweep.TOLERANCE_F64 and noise <= sweep.TOLERANCE_F64
+    real = fused_module.conv_bn_act
+    monkeypatch.setattr(fused_module, "conv_bn_act", lambda *a, **k: real(*a, **k) * 1.01)
+    err, _ = sweep.float64_error(swapped, x)
+    assert err > 1e-3
