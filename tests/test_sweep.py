@@ -70,3 +70,9 @@ def test_float64_check_tells_rounding_from_a_wrong_result(monkeypatch):
     monkeypatch.setattr(fused_module, "conv_bn_act", lambda *a, **k: real(*a, **k) * 1.01)
     err, _ = sweep.float64_error(swapped, x)
     assert err > 1e-3
+
+
+def test_bench_command_has_a_sweep_section():
+    from pyfastblocks.bench import cli
+
+    assert cli.parse_args(["--sections", "sweep"]).sections == ["sweep"]
