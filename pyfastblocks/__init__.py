@@ -6,7 +6,7 @@ Ops live in ``torch.ops.fastblocks`` (Python wrappers in :mod:`pyfastblocks.ops`
 import torch
 
 from ._extension import _C  # loads the compiled kernels (and says why, if they don't load)
-from . import nn, ops
+from . import nn, ops, policy
 from .ops import add_relu, affine_relu, branch_concat
 from .swap import swap
 from .freeze import freeze

@@ -80,8 +80,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="a short run: fewer shapes, shorter timings, small models at small images, "
                         "models not compiled (under 3 minutes on a 2-core CPU)")
-    p.add_argument("--sections", nargs="+", default=["kernels", "models"], choices=["kernels", "models"],
-                   help="what to run (default: both)")
+    p.add_argument("--sections", nargs="+", default=["kernels", "models"], choices=["kernels", "models", "sweep"],
+                   help="what to run (default: kernels and models). 'sweep': the zoo sweep (pyfastblocks.bench.sweep: "
+                        "every torchvision classification model and a list of timm CNNs swapped, checked and their "
+                        "eager BN / activation / add / concat passes counted; --quick: a few models; no timings), "
+                        "run first; for its own options use python -m pyfastblocks.bench.sweep --help")
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS), help="ops to benchmark")
     p.add_argument("--models", nargs="+", default=None,
                    help="model families or names (resnet inception xception mobilenet vgg, or e.g. resnet50); "
@@ -112,7 +115,15 @@ def main(argv=None) -> int:
     rng_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=rng_devices):
-            return _main(args, argv)
+            rc = 0
+            if "sweep" in args.sections:
+                from .sweep import main as sweep_main
+
+                rc = sweep_main(["--quick"] if args.quick else [])
+                args.sections = [s for s in args.sections if s != "sweep"]
+                if not args.sections:
+                    return rc
+            return max(rc, _main(args, argv))
     finally:
         torch.set_num_threads(threads)
 

@@ -31,24 +31,17 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import activations, ops
+from .. import policy as _policy
 from ..nn import _tail, is_depthwise
 from ..nn._tail import TRAINING_BACKEND
 from ..nn.batchnorm import uses_batch_stats
 from ..nn.conv import (_apply_activation, _folded_conv_params, _library_conv_act, fold_into_weight, fused_conv_bn_act,
                        fx_tracing, onednn_inference_ok, zero_padded)
 
-# How a depthwise convolution runs, per device type: "fastblocks" (fastblocks::depthwise_conv2d, BN and
-# activation in its epilogue, input ReLU in its prologue), "library" (PyTorch's convolution with groups=C: on
-# CPU in eval oneDNN's fused convolution + bias + activation) or "auto". "auto" (the CPU default) takes the
-# fastblocks kernel for NCHW inference on layers of fewer than 128 channels, where oneDNN's NCHW depthwise
-# convolution is slow (MobileNet's first layer, 32 x 64 x 64: 3.6 ms against 0.42 ms, 2 threads), and the library
-# everywhere else: there oneDNN is 1.2-3x faster (channels_last, wider layers, 2 threads; training). Those
-# measurements predate the -fopenmp build fix (our CPU kernels then ran on one thread); re-measured with both
-# threads (MobileNet v1 / Xception / MobileNet v2 eval, 8 x 160 x 160), a plane-size rule instead of the channel
-# count changed the models by -5% to +7%, within noise, so the rule stays.
-DEPTHWISE_BACKEND: Dict[str, str] = {"cpu": "auto", "cuda": "fastblocks"}
+# How a depthwise convolution runs, per device type: pyfastblocks.policy (the same dict).
+DEPTHWISE_BACKEND: Dict[str, str] = _policy.DEPTHWISE_BACKEND
 
-# TRAINING_BACKEND (how batch statistics run, per device type) lives in pyfastblocks.nn._tail (the same dict).
+# TRAINING_BACKEND (how batch statistics run, per device type): pyfastblocks.policy (the same dict).
 
 TIMM_BN_ACT = "timm.layers.norm_act.BatchNormAct2d"
 
@@ -138,14 +131,9 @@ _onednn_ok = onednn_inference_ok  # one rule for nn.conv_bn_act and the models
 
 
 def _fastblocks_depthwise(x: Tensor, conv: nn.Conv2d) -> bool:
-    """Run this depthwise conv with fastblocks::depthwise_conv2d (else PyTorch's convolution)? DEPTHWISE_BACKEND."""
-    backend = DEPTHWISE_BACKEND.get(x.device.type, "fastblocks")
-    if backend == "auto":
-        weight = conv.weight
-        grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-        return not grad and x.dim() == 4 and conv.in_channels < 128 and x.is_contiguous() \
-            and not x.is_contiguous(memory_format=torch.channels_last)
-    return backend == "fastblocks"
+    """Run this depthwise conv with fastblocks::depthwise_conv2d (else PyTorch's convolution)?
+    :func:`pyfastblocks.policy.depthwise_kernel`."""
+    return _policy.depthwise_kernel(x, conv)
 
 
 def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, activation: str = "relu",
@@ -301,14 +289,18 @@ def fused_sequential_forward(self: nn.Sequential, x: Tensor) -> Tensor:
             x = m(x)
         return x
     for step in plan:
-        kind = step[0]
-        if kind == "m":
-            x = mods[step[1]](x)
-        elif kind == "cba":
-            x = conv_bn_act(x, mods[step[1]], mods[step[2]] if step[2] is not None else None, step[3])
-        else:
-            x = bn_act(x, mods[step[1]], step[2])
+        x = run_plan_step(mods, step, x)
     return x
+
+
+def run_plan_step(mods: Dict[str, nn.Module], step: tuple, x: Tensor) -> Tensor:
+    """One step of a :func:`sequential_plan` on the Sequential's children ``mods``."""
+    kind = step[0]
+    if kind == "m":
+        return mods[step[1]](x)
+    if kind == "cba":
+        return conv_bn_act(x, mods[step[1]], mods[step[2]] if step[2] is not None else None, step[3])
+    return bn_act(x, mods[step[1]], step[2])
 
 
 class FusedSequential(nn.Sequential):
@@ -349,3 +341,210 @@ def load_weights(model: nn.Module, weights) -> nn.Module:
             weights = weights["state_dict"]
     model.load_state_dict(weights, strict=True)
     return model
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Squeeze-excitation gates: ``y * gate[n, c]`` applied in the pass that follows where that pass is elementwise
+
+
+def _tv_se_gate(se: nn.Module, y: Tensor) -> Tensor:
+    return se._scale(y)  # torchvision's own method: avgpool, fc1, activation, fc2, scale_activation
+
+
+def _timm_se_module_gate(se: nn.Module, y: Tensor) -> Tensor:
+    # timm.layers.squeeze_excite.SEModule.forward without the final product
+    x_se = y.mean((2, 3), keepdim=True)
+    if se.add_maxpool:
+        x_se = 0.5 * x_se + 0.5 * y.amax((2, 3), keepdim=True)
+    x_se = se.fc1(x_se)
+    x_se = se.act(se.bn(x_se))
+    x_se = se.fc2(x_se)
+    return se.gate(x_se)
+
+
+def _timm_effective_se_gate(se: nn.Module, y: Tensor) -> Tensor:
+    # timm.layers.squeeze_excite.EffectiveSEModule.forward without the final product
+    x_se = y.mean((2, 3), keepdim=True)
+    if se.add_maxpool:
+        x_se = 0.5 * x_se + 0.5 * y.amax((2, 3), keepdim=True)
+    x_se = se.fc(x_se)
+    return se.gate(x_se)
+
+
+def _timm_block_se_gate(se: nn.Module, y: Tensor) -> Tensor:
+    # timm.models._efficientnet_blocks.SqueezeExcite.forward without the final product
+    x_se = y.mean((2, 3), keepdim=True)
+    x_se = se.conv_reduce(x_se)
+    x_se = se.act1(x_se)
+    x_se = se.conv_expand(x_se)
+    return se.gate(x_se)
+
+
+def _timm_eca_gate(se: nn.Module, y: Tensor) -> Tensor:
+    # timm.layers.eca.EcaModule.forward without the final product
+    g = y.mean((2, 3)).view(y.shape[0], 1, -1)
+    g = se.conv(g)
+    if se.conv2 is not None:
+        g = se.act(g)
+        g = se.conv2(g)
+    return se.gate(g).view(y.shape[0], -1, 1, 1)
+
+
+# class path -> (children it must have exactly, attributes it must have, gate function)
+SE_GATES = {
+    "torchvision.ops.misc.SqueezeExcitation": (("avgpool", "fc1", "fc2", "activation", "scale_activation"), (),
+                                               _tv_se_gate),
+    "timm.layers.squeeze_excite.SEModule": (("fc1", "bn", "act", "fc2", "gate"), ("add_maxpool",),
+                                            _timm_se_module_gate),
+    "timm.layers.squeeze_excite.EffectiveSEModule": (("fc", "gate"), ("add_maxpool",), _timm_effective_se_gate),
+    "timm.models._efficientnet_blocks.SqueezeExcite": (("conv_reduce", "act1", "conv_expand", "gate"), (),
+                                                        _timm_block_se_gate),
+    "timm.layers.eca.EcaModule": (("conv", "act", "conv2", "gate"), (), _timm_eca_gate),
+}
+
+
+def se_kind(se: Optional[nn.Module]) -> Optional[str]:
+    """The class path of a squeeze-excitation module whose gate :func:`se_gate` computes (the children and
+    attributes its forward reads are there, no forward set on the instance), else None."""
+    if se is None:
+        return None
+    path = class_path(se)
+    entry = SE_GATES.get(path)
+    if entry is None:
+        return None
+    children, attributes, _ = entry
+    if tuple(sorted(k for k, v in se._modules.items())) != tuple(sorted(children)):
+        return None
+    if any(not hasattr(se, a) for a in attributes) or "forward" in se.__dict__:
+        return None
+    return path
+
+
+def se_gate(se: Optional[nn.Module], y: Tensor) -> Optional[Tensor]:
+    """The gate ``g`` (``[N, C, 1, 1]``) the squeeze-excitation module ``se`` multiplies ``y`` by (``se(y) ==
+    y * g``), computed as its forward computes it (its submodules called as modules), or None when ``se`` is not a
+    gate this knows (then the caller runs ``se`` itself)."""
+    path = se_kind(se)
+    if path is None or se._forward_hooks or se._forward_pre_hooks or global_hooks():
+        return None
+    return SE_GATES[path][2](se, y)
+
+
+def _per_sample_channels(tensors: Sequence[Tensor], gate: Tensor) -> Optional[List[Tensor]]:
+    """The tensors as ``[1, N*C, H, W]`` views (the gate's per-(sample, channel) scale becomes a per-channel one for
+    the epilogue ops), where that is a view: one sample (any layout) or contiguous NCHW; else None."""
+    n, c = tensors[0].shape[:2]
+    if gate.shape != (n, c, 1, 1) or any(t.shape != tensors[0].shape for t in tensors):
+        return None
+    if n == 1:
+        return list(tensors)
+    if all(t.is_contiguous() for t in tensors):
+        return [t.view(1, n * c, *t.shape[2:]) for t in tensors]
+    return None
+
+
+def gated_add_act(y: Tensor, gate: Tensor, residual: Tensor, activation: str, add: str = "promote") -> Tensor:
+    """``act(y * gate + residual)`` (``gate``: ``[N, C, 1, 1]``, a squeeze-excitation gate; ``activation``: a spec
+    string; ``add`` as :func:`pyfastblocks.nn._tail.bn_tail`) in one ``fastblocks::add_act`` pass where the
+    per-(sample, channel) gate can be its per-channel scale (one sample, or contiguous NCHW data); else the
+    product, then the add + activation in one pass."""
+    name, slope = activations.split(activation)
+    if not fx_tracing() and gate.dtype == y.dtype == residual.dtype:
+        views = _per_sample_channels([y, residual], gate)
+        if views is not None:
+            out = _tail.add_act(views[0], views[1], name, add, slope, scale=gate.reshape(-1))
+            return out.view(y.shape)
+    return _tail.add_act(y * gate, residual, name, add, slope)
+
+
+def gated_act(y: Tensor, gate: Tensor, activation: str) -> Tensor:
+    """``act(y * gate)`` (``gate``: ``[N, C, 1, 1]``) in one ``fastblocks::affine_act`` pass where the gate can be
+    its per-channel scale (as :func:`gated_add_act`); else the product and the activation in place."""
+    name, slope = activations.split(activation)
+    if not fx_tracing() and gate.dtype == y.dtype:
+        views = _per_sample_channels([y], gate)
+        if views is not None:
+            return _tail.scale_act(views[0], gate.reshape(-1), name, slope).view(y.shape)
+    return _apply_activation(y * gate, name, True, slope)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Chains of (conv, norm) pairs and module calls with an optional residual at the end (timm's EfficientNet /
+# MobileNet blocks and their kin)
+
+
+def conv_norm_act(x: Tensor, conv: nn.Module, norm: Optional[nn.Module], act: Optional[nn.Module] = None) -> Tensor:
+    """conv -> norm (BatchNorm2d / BatchNormAct2d / none) -> act module, as fused as the modules allow: a plain
+    conv goes through :func:`run_conv_norm_act`; any other conv module (timm's Conv2dSame, MixedConv2d,
+    CondConv2d, ...) runs as itself, then the norm + activation are one pass."""
+    if plain_conv(conv):
+        return run_conv_norm_act(x, conv, norm, act)
+    y = conv(x)
+    spec = norm_act(norm)
+    a = act_name(act)
+    combined = compose_acts(spec[1], a) if spec is not None else None
+    if spec is not None and combined is not None:
+        return bn_act(y, spec[0], combined)
+    y = norm(y) if norm is not None else y
+    return act(y) if act is not None else y
+
+
+TIMM_DROP_PATH = "timm.layers.drop.DropPath"
+TV_STOCHASTIC_DEPTH = "torchvision.ops.stochastic_depth.StochasticDepth"
+
+
+def drop_path_inactive(m: Optional[nn.Module]) -> bool:
+    """Is this drop-path module the identity now (None / nn.Identity, timm's DropPath or torchvision's
+    StochasticDepth in eval or with probability 0, no hooks)? Then a fused forward may skip it."""
+    if m is None or type(m) is nn.Identity:
+        return True
+    path = class_path(m)
+    if not unhooked(m):
+        return False
+    if path == TIMM_DROP_PATH:
+        return not m.training or m.drop_prob == 0.0
+    if path == TV_STOCHASTIC_DEPTH:
+        return not m.training or m.p == 0.0
+    return False
+
+
+def _is_identity(m: Optional[nn.Module]) -> bool:
+    return m is None or type(m) is nn.Identity
+
+
+def chain_forward(steps: Sequence[tuple], skip: str = "has_skip", drop_path: str = "drop_path",
+                  add: str = "promote"):
+    """The fused forward of a block that runs ``steps`` on its input in order and, where ``getattr(self, skip)``,
+    returns ``drop_path(h) + input``. A step is ``("cn", conv, norm)`` (children's names: conv -> norm (+ its
+    activation), fused; a missing conv skips the step) or ``("m", name)`` (a child run as it is; a missing one or
+    an nn.Identity is skipped). The last conv + norm takes the residual add where nothing but identities and an
+    inactive drop-path follow it."""
+    last_cn = max(i for i, s in enumerate(steps) if s[0] == "cn")
+
+    def forward(self, x: Tensor) -> Tensor:
+        mods = self._modules
+        residual = bool(getattr(self, skip, False)) if skip else False
+        h = x
+        for i, step in enumerate(steps):
+            if step[0] == "m":
+                m = mods.get(step[1])
+                if not _is_identity(m):
+                    h = m(h)
+                continue
+            conv, norm = mods.get(step[1]), mods.get(step[2])
+            if conv is None:
+                continue
+            if i == last_cn and residual and plain_conv(conv) \
+                    and all(_is_identity(mods.get(s[1])) for s in steps[i + 1:]) \
+                    and drop_path_inactive(mods.get(drop_path)):
+                spec = norm_act(norm)
+                if spec is not None and spec[1] == "none":
+                    return conv_bn_add(h, conv, spec[0], x, activation="none", add=add)
+            h = conv_norm_act(h, conv, norm)
+        if residual:
+            dp = mods.get(drop_path)
+            if not drop_path_inactive(dp):
+                h = dp(h)
+            return h + x if add == "promote" else h.add_(x)
+        return h
+    return forward

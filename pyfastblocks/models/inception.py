@@ -1,24 +1,31 @@
-"""Inception-v3 (torchvision layout and state_dict keys) built from the fused blocks.
+"""The Inception family: Inception-v3 (torchvision layout and state_dict keys) built from the fused blocks, and the
+swap() rules of every Inception-style module: torchvision's Inception-v3 and GoogLeNet modules, timm's
+Inception-v3, Inception-v4 and Inception-ResNet-v2 modules.
 
-Every BasicConv2d is one ``conv_bn_act`` (BN eps 1e-3). Every Inception module's tail is one
-``fastblocks::branch_concat``: the last convolution of each branch runs bare, and the BatchNorm + ReLU of all the
-branches and the concat are one pass (InceptionE's inner 1x3/3x1 pairs go into the same call: the concat of
-concats is one concat). The max-pool branch of InceptionB/D goes through the same call with scale 1, bias 0: its
-ReLU is exact because the module's input is the (non-negative) output of the previous module's ReLU; swap() uses
-that form only where it can see this (inside torchvision's Inception3), and otherwise concatenates the pool
-branch separately. Average-pool branches use ``count_include_pad=True`` as torchvision does. Aux logits in
-training, ``transform_input`` as torchvision.
+Every conv block (BasicConv2d, timm's ConvNormAct) is one ``conv_bn_act``. A module that concatenates branches is
+described by a branch spec (:data:`TV_INCEPTION_SPECS`, :data:`TIMM_SPECS`): per branch, the children (or pools)
+that run on the module's input one after the other, then the conv blocks that end it. The last conv block of each
+branch runs its convolution bare, and the BatchNorm + activation of every such branch and the concat are one
+``fastblocks::branch_concat`` pass (InceptionE's inner 1x3/3x1 pairs go into the same call: the concat of concats
+is one concat). A branch without a conv block at its end (a max-pool of the module's input) is not activated in
+the original, so it is concatenated after (one ``torch.cat``): its sign is kept on any input. Average-pool
+branches use ``count_include_pad`` as the original does. Inception-ResNet-v2's Block35/17/8 add the scaled 1x1
+convolution to the input and apply the ReLU in one ``fastblocks::add_act`` pass.
 
-The ``*_forward`` functions are also the forwards :func:`pyfastblocks.swap` gives torchvision's modules.
+The ``*_forward`` functions are also the forwards :func:`pyfastblocks.swap` gives torchvision's modules. Aux logits
+in training, ``transform_input`` as torchvision.
 """
 from collections import namedtuple
-from typing import Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._fused import concat_tail, conv_bn_act, load_weights
+from .. import activations
+from ..nn import _tail
+from . import _rules as R
+from ._fused import act_name, class_path, concat_tail, conv_bn_act, load_weights, norm_act
 
 __all__ = ["Inception3", "InceptionOutputs", "inception_v3"]
 
@@ -29,48 +36,172 @@ def basic_conv2d_forward(self, x: Tensor) -> Tensor:
     return conv_bn_act(x, self.conv, self.bn, "relu")
 
 
-def _tail(self, branches, pool: Optional[Tensor] = None) -> Tensor:
-    """branches: [(BasicConv2d, its input)]: each last conv runs bare, then one branch_concat for all; the
-    max-pool branch (InceptionB/D, un-activated in the original) is concatenated after."""
-    tail = concat_tail([bc.conv(x) for bc, x in branches], [bc.bn for bc, _ in branches])
-    return tail if pool is None else torch.cat([tail, pool], 1)
+# --------------------------------------------------------------------------------------------------------------
+# Branch specs
+
+# A step on the way down a branch: a child's name (run as the module it is) or a pool of torchvision's functional
+# form. A branch: (steps, leaves): the steps run on the module's input one after the other; each leaf (a child
+# that is a conv block, or an nn.Sequential ending in one) then runs on that, and contributes its output to the
+# concat; leaves None: the steps' result is the contribution itself.
+Step = Union[str, Callable[[Tensor], Tensor]]
+Branch = Tuple[Tuple[Step, ...], Optional[Tuple[str, ...]]]
 
 
-def inception_a_forward(self, x: Tensor) -> Tensor:
-    b5 = self.branch5x5_1(x)
-    b3 = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-    pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)
-    return _tail(self, [(self.branch1x1, x), (self.branch5x5_2, b5), (self.branch3x3dbl_3, b3),
-                        (self.branch_pool, pool)])
+def _avg3(x: Tensor) -> Tensor:
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)
 
 
-def inception_b_forward(self, x: Tensor) -> Tensor:
-    b3 = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-    pool = F.max_pool2d(x, kernel_size=3, stride=2)
-    return _tail(self, [(self.branch3x3, x), (self.branch3x3dbl_3, b3)], pool)
+def _max3s2(x: Tensor) -> Tensor:
+    return F.max_pool2d(x, kernel_size=3, stride=2)
 
 
-def inception_c_forward(self, x: Tensor) -> Tensor:
-    b7 = self.branch7x7_2(self.branch7x7_1(x))
-    b7d = self.branch7x7dbl_4(self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x))))
-    pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)
-    return _tail(self, [(self.branch1x1, x), (self.branch7x7_3, b7), (self.branch7x7dbl_5, b7d),
-                        (self.branch_pool, pool)])
+TV_INCEPTION_SPECS: Dict[str, Tuple[Branch, ...]] = {
+    "InceptionA": (((), ("branch1x1",)), (("branch5x5_1",), ("branch5x5_2",)),
+                   (("branch3x3dbl_1", "branch3x3dbl_2"), ("branch3x3dbl_3",)), ((_avg3,), ("branch_pool",))),
+    "InceptionB": (((), ("branch3x3",)), (("branch3x3dbl_1", "branch3x3dbl_2"), ("branch3x3dbl_3",)),
+                   ((_max3s2,), None)),
+    "InceptionC": (((), ("branch1x1",)), (("branch7x7_1", "branch7x7_2"), ("branch7x7_3",)),
+                   (("branch7x7dbl_1", "branch7x7dbl_2", "branch7x7dbl_3", "branch7x7dbl_4"), ("branch7x7dbl_5",)),
+                   ((_avg3,), ("branch_pool",))),
+    "InceptionD": ((("branch3x3_1",), ("branch3x3_2",)),
+                   (("branch7x7x3_1", "branch7x7x3_2", "branch7x7x3_3"), ("branch7x7x3_4",)), ((_max3s2,), None)),
+    "InceptionE": (((), ("branch1x1",)), (("branch3x3_1",), ("branch3x3_2a", "branch3x3_2b")),
+                   (("branch3x3dbl_1", "branch3x3dbl_2"), ("branch3x3dbl_3a", "branch3x3dbl_3b")),
+                   ((_avg3,), ("branch_pool",))),
+}
+
+_GOOGLENET_SPEC = (((), ("branch1",)), ((), ("branch2",)), ((), ("branch3",)), ((), ("branch4",)))
+_FOUR = (((), ("branch0",)), ((), ("branch1",)), ((), ("branch2",)), ((), ("branch3",)))
+_REDUCTION = (((), ("branch0",)), ((), ("branch1",)), (("branch2",), None))
+
+# timm: inception_v3 (the torchvision layout with ConvNormAct blocks), inception_v4, inception_resnet_v2
+TIMM_SPECS: Dict[str, Tuple[Branch, ...]] = {
+    **{f"timm.models.inception_v3.{k}": v for k, v in TV_INCEPTION_SPECS.items()},
+    "timm.models.inception_v4.Mixed3a": ((("maxpool",), None), ((), ("conv",))),
+    "timm.models.inception_v4.Mixed4a": (((), ("branch0",)), ((), ("branch1",))),
+    "timm.models.inception_v4.Mixed5a": (((), ("conv",)), (("maxpool",), None)),
+    "timm.models.inception_v4.InceptionA": _FOUR,
+    "timm.models.inception_v4.ReductionA": _REDUCTION,
+    "timm.models.inception_v4.InceptionB": _FOUR,
+    "timm.models.inception_v4.ReductionB": _REDUCTION,
+    "timm.models.inception_v4.InceptionC": (((), ("branch0",)), (("branch1_0",), ("branch1_1a", "branch1_1b")),
+                                             (("branch2_0", "branch2_1", "branch2_2"), ("branch2_3a", "branch2_3b")),
+                                             ((), ("branch3",))),
+    "timm.models.inception_resnet_v2.Mixed_5b": _FOUR,
+    "timm.models.inception_resnet_v2.Mixed_6a": (((), ("branch0",)), ((), ("branch1",)), (("branch2",), None)),
+    "timm.models.inception_resnet_v2.Mixed_7a": (((), ("branch0",)), ((), ("branch1",)), ((), ("branch2",)),
+                                                  (("branch3",), None)),
+}
+# Inception-ResNet-v2 blocks: branches, then conv2d, * scale, + input, activation (child name, or None)
+TIMM_RESIDUAL_SPECS: Dict[str, Tuple[Tuple[Branch, ...], Optional[str]]] = {
+    "timm.models.inception_resnet_v2.Block35": ((((), ("branch0",)), ((), ("branch1",)), ((), ("branch2",))), "act"),
+    "timm.models.inception_resnet_v2.Block17": ((((), ("branch0",)), ((), ("branch1",))), "act"),
+    "timm.models.inception_resnet_v2.Block8": ((((), ("branch0",)), ((), ("branch1",))), "relu"),
+}
+
+_RELU_BLOCKS = ("torchvision.models.inception.BasicConv2d", "torchvision.models.googlenet.BasicConv2d",
+                "pyfastblocks.models.inception.BasicConv2d")
+TIMM_CONV_NORM_ACT = "timm.layers.conv_bn_act.ConvNormAct"
 
 
-def inception_d_forward(self, x: Tensor) -> Tensor:
-    b3 = self.branch3x3_1(x)
-    b7 = self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x)))
-    pool = F.max_pool2d(x, kernel_size=3, stride=2)
-    return _tail(self, [(self.branch3x3_2, b3), (self.branch7x7x3_4, b7)], pool)
+def conv_block_parts(m: nn.Module) -> Optional[Tuple[nn.Conv2d, nn.Module, str]]:
+    """(conv, BatchNorm, activation spec) of a conv block whose BN + activation a concat can take: a BasicConv2d
+    (ReLU) or timm's ConvNormAct (its norm's activation; no anti-aliasing), with a plain conv; else None."""
+    path = class_path(m)
+    if path in _RELU_BLOCKS:
+        if R.children_problem(m, ("conv", "bn")) or R.conv_problem(m.conv, "conv") or R.bn_problem(m.bn, "bn"):
+            return None
+        return m.conv, m.bn, "relu"
+    if path == TIMM_CONV_NORM_ACT:
+        if R.timm_cna_problem(m, "block"):
+            return None
+        bn, act = norm_act(m.bn)
+        return (m.conv, bn, act) if bn is not None else None
+    return None
 
 
-def inception_e_forward(self, x: Tensor) -> Tensor:
-    b3 = self.branch3x3_1(x)
-    bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-    pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)
-    return _tail(self, [(self.branch1x1, x), (self.branch3x3_2a, b3), (self.branch3x3_2b, b3),
-                        (self.branch3x3dbl_3a, bd), (self.branch3x3dbl_3b, bd), (self.branch_pool, pool)])
+def _leaf_parts(m: nn.Module) -> Optional[Tuple[List[nn.Module], nn.Conv2d, nn.Module, str]]:
+    """(modules to run first, conv, BatchNorm, activation) of a branch leaf: a conv block, or an nn.Sequential
+    ending in one; else None."""
+    parts = conv_block_parts(m)
+    if parts is not None:
+        return [], *parts
+    if class_path(m) == "torch.nn.modules.container.Sequential" and len(m) > 0:
+        mods = list(m._modules.values())
+        parts = conv_block_parts(mods[-1])
+        if parts is not None:
+            return mods[:-1], *parts
+    return None
+
+
+def _run_step(self, step: Step, h: Tensor) -> Tensor:
+    return self._modules[step](h) if isinstance(step, str) else step(h)
+
+
+def branches_concat(self, x: Tensor, spec: Sequence[Branch]) -> Tensor:
+    """``cat([every branch's output], 1)`` with the last conv block of each branch fused into the concat (one
+    branch_concat per run of neighbouring conv-block branches with the same activation; anything else is
+    concatenated as it is)."""
+    pieces: List[tuple] = []  # ("c", conv output, bn, activation) or ("t", tensor)
+    for steps, leaves in spec:
+        h = x
+        for step in steps:
+            h = _run_step(self, step, h)
+        if leaves is None:
+            pieces.append(("t", h))
+            continue
+        for leaf in leaves:
+            m = self._modules[leaf]
+            parts = _leaf_parts(m)
+            if parts is None:  # not a conv block (any more): the child as it is
+                pieces.append(("t", m(h)))
+                continue
+            first, conv, bn, act = parts
+            hh = h
+            for mod in first:
+                hh = mod(hh)
+            pieces.append(("c", conv(hh), bn, act))
+    outs: List[Tensor] = []
+    i = 0
+    while i < len(pieces):
+        if pieces[i][0] == "t":
+            outs.append(pieces[i][1])
+            i += 1
+            continue
+        j = i
+        while j < len(pieces) and pieces[j][0] == "c" and pieces[j][3] == pieces[i][3]:
+            j += 1
+        group = pieces[i:j]
+        outs.append(concat_tail([p[1] for p in group], [p[2] for p in group], pieces[i][3]))
+        i = j
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+def branch_forward(spec: Sequence[Branch]) -> Callable[..., Tensor]:
+    """The fused forward of a module that concatenates the branches of ``spec``."""
+    def forward(self, x: Tensor) -> Tensor:
+        return branches_concat(self, x, spec)
+    forward.__doc__ = "Every branch's last BN + activation and the concat in one branch_concat (spec-driven)."
+    return forward
+
+
+def residual_branch_forward(spec: Sequence[Branch], act_child: Optional[str]) -> Callable[..., Tensor]:
+    """The fused forward of an Inception-ResNet block: ``act(conv2d(cat(branches)) * scale + x)``, the concat's
+    BN + ReLU in one branch_concat, the scale, add and activation in one add_act pass."""
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv2d(branches_concat(self, x, spec))
+        act = self._modules.get(act_child) if act_child is not None else None
+        name, slope = activations.split(act_name(act))
+        scale = torch.full((self.conv2d.out_channels,), float(self.scale), dtype=torch.float32, device=out.device)
+        return _tail.add_act(out, x, name, "promote", slope, scale=scale)
+    return forward
+
+
+inception_a_forward = branch_forward(TV_INCEPTION_SPECS["InceptionA"])
+inception_b_forward = branch_forward(TV_INCEPTION_SPECS["InceptionB"])
+inception_c_forward = branch_forward(TV_INCEPTION_SPECS["InceptionC"])
+inception_d_forward = branch_forward(TV_INCEPTION_SPECS["InceptionD"])
+inception_e_forward = branch_forward(TV_INCEPTION_SPECS["InceptionE"])
 
 
 class BasicConv2d(nn.Module):
@@ -271,3 +402,75 @@ def inception_v3(num_classes: int = 1000, weights=None, aux_logits: bool = True,
         transform_input = weights is not None
     model = Inception3(num_classes, aux_logits, transform_input, init_weights=weights is None, dropout=dropout)
     return load_weights(model, weights)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# swap() rules
+
+
+def _basic_conv2d_check(m, parent=None, name=""):
+    return R.children_problem(m, ("conv", "bn")) or R.problems(R.conv_problem(m.conv, "conv"),
+                                                                R.bn_problem(m.bn, "bn"))
+
+
+def _spec_children(spec: Sequence[Branch]) -> Tuple[List[str], List[str]]:
+    steps = [s for st, _ in spec for s in st if isinstance(s, str)]
+    leaves = [leaf for _, ls in spec if ls for leaf in ls]
+    return steps, leaves
+
+
+def _spec_check(spec: Sequence[Branch], extra: Sequence[str] = (), optional: Sequence[str] = ()):
+    steps, leaves = _spec_children(spec)
+
+    def check(m, parent, name):
+        problem = R.children_problem(m, [*steps, *leaves, *extra], optional)
+        if problem:
+            return problem
+        for leaf in leaves:
+            if _leaf_parts(m._modules[leaf]) is None:
+                return (f"{leaf} is {type(m._modules[leaf]).__name__}, not a conv block (BasicConv2d / ConvNormAct with "
+                        "a plain conv and a BatchNorm, or a Sequential ending in one)")
+        return None
+    return check
+
+
+def _residual_check(spec: Sequence[Branch], act_child: str):
+    base = _spec_check(spec, ("conv2d",), (act_child,))
+
+    def check(m, parent, name):
+        return base(m, parent, name) or R.problems(
+            None if isinstance(m.conv2d, nn.Conv2d) else "conv2d is not an nn.Conv2d",
+            R.has_attributes(m, "scale"), R.act_problem(m._modules.get(act_child), act_child, None))
+    return check
+
+
+def _guards(spec: Sequence[Branch], *more: str) -> Tuple[str, ...]:
+    return tuple(f"{leaf}.**" for leaf in _spec_children(spec)[1]) + more
+
+
+_CONCAT_HOW = "every branch's last BN + activation and the concat: one branch_concat"
+_POOL_HOW = " (a pool branch, not activated in the original, concatenated after)"
+_TV = "torchvision.models.inception."
+
+SWAP_RULES = [
+    R.Rule("torchvision_BasicConv2d", _TV + "BasicConv2d", {"forward": basic_conv2d_forward}, "conv+bn+relu fused",
+           _basic_conv2d_check, guards=("conv", "bn")),
+    R.Rule("torchvision_googlenet_BasicConv2d", "torchvision.models.googlenet.BasicConv2d",
+           {"forward": basic_conv2d_forward}, "conv+bn+relu fused", _basic_conv2d_check, guards=("conv", "bn")),
+    R.Rule("torchvision_googlenet_Inception", "torchvision.models.googlenet.Inception",
+           {"forward": branch_forward(_GOOGLENET_SPEC)}, _CONCAT_HOW, _spec_check(_GOOGLENET_SPEC),
+           guards=_guards(_GOOGLENET_SPEC)),
+]
+for _kind, _spec in TV_INCEPTION_SPECS.items():
+    _pool = any(leaves is None for _, leaves in _spec)
+    SWAP_RULES.append(R.Rule(f"torchvision_{_kind}", _TV + _kind, {"forward": branch_forward(_spec)},
+                             _CONCAT_HOW + (_POOL_HOW if _pool else ""), _spec_check(_spec), guards=_guards(_spec)))
+for _path, _spec in TIMM_SPECS.items():
+    _pool = any(leaves is None for _, leaves in _spec)
+    SWAP_RULES.append(R.Rule("timm_" + "_".join(_path.split(".")[-2:]), _path, {"forward": branch_forward(_spec)},
+                             _CONCAT_HOW + (_POOL_HOW if _pool else ""), _spec_check(_spec), guards=_guards(_spec)))
+for _path, (_spec, _act) in TIMM_RESIDUAL_SPECS.items():
+    SWAP_RULES.append(R.Rule("timm_" + "_".join(_path.split(".")[-2:]), _path,
+                             {"forward": residual_branch_forward(_spec, _act)},
+                             _CONCAT_HOW + "; conv2d * scale + input + activation: one add_act", _residual_check(_spec, _act),
+                             guards=_guards(_spec, _act)))

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _fused as F_
+from . import _rules as R
 from ._fused import (ConvBNAct, FusedSequential, act_name, compose_acts, conv_bn_act, conv_bn_add, load_weights,
                      norm_act, run_conv_norm_act)
 
@@ -137,11 +139,20 @@ def efficientnet_forward_features(self, x: Tensor) -> Tensor:
     """timm ``EfficientNet.forward_features`` with the stem (conv_stem + bn1) and head (conv_head + bn2) fused."""
     if getattr(self, "grad_checkpointing", False) and not torch.jit.is_scripting():
         return type(self)._fastblocks_base.forward_features(self, x)
-    x = run_conv_norm_act(x, self.conv_stem, self.bn1)
+    x = F_.conv_norm_act(x, self.conv_stem, self.bn1)
     x = self.blocks(x)
-    if type(self.conv_head) is nn.Conv2d:
-        return run_conv_norm_act(x, self.conv_head, self.bn2)
-    return self.bn2(self.conv_head(x))
+    if type(self.conv_head) is nn.Identity:
+        return self.bn2(x)
+    return F_.conv_norm_act(x, self.conv_head, self.bn2)
+
+
+def timm_mobilenetv3_forward_features(self, x: Tensor) -> Tensor:
+    """timm ``MobileNetV3.forward_features`` (mobilenetv3_*, lcnet_*, fbnetv3_*, ...) with the stem (conv_stem +
+    bn1) fused (its head runs on the pooled 1x1 map)."""
+    if getattr(self, "grad_checkpointing", False) and not torch.jit.is_scripting():
+        return type(self)._fastblocks_base.forward_features(self, x)
+    x = F_.conv_norm_act(x, self.conv_stem, self.bn1)
+    return self.blocks(x)
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -242,3 +253,175 @@ def mobilenet_v1(num_classes: int = 1000, weights=None, alpha: float = 1.0, drop
     """MobileNetV1 (timm ``mobilenetv1_100`` keys for ``alpha=1.0``). ``weights``: a state_dict or a path to one
     (``strict=True``)."""
     return load_weights(MobileNetV1(num_classes, alpha, drop_rate), weights)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# swap() rules
+
+
+def _tv_inverted_residual_check(m, parent, name):
+    problem = R.children_problem(m, ("conv",))
+    if problem:
+        return problem
+    if type(m.conv) is not nn.Sequential:
+        return f"conv is {type(m.conv).__name__}, not nn.Sequential"
+    layers = list(m.conv)
+    if len(layers) not in (3, 4):
+        return f"conv has {len(layers)} layers"
+    return R.problems(
+        *(R.cna_problem(c, f"conv[{i}]") for i, c in enumerate(layers[:-2])),
+        R.conv_problem(layers[-2], f"conv[{len(layers) - 2}]"), R.bn_problem(layers[-1], f"conv[{len(layers) - 1}]"),
+        None if isinstance(getattr(m, "use_res_connect", None), bool) else "no use_res_connect flag",
+    )
+
+
+def _timm_ds_check(m, parent, name):
+    s2d = getattr(m, "conv_s2d", None)
+    return R.problems(
+        R.conv_problem(m.conv_dw, "conv_dw"), R.norm_problem(m.bn1, "bn1"),
+        R.conv_problem(m.conv_pw, "conv_pw"), R.norm_problem(m.bn2, "bn2"),
+        None if s2d is None else R.problems(R.conv_problem(s2d, "conv_s2d"), R.norm_problem(m.bn_s2d, "bn_s2d")),
+        R.has_attributes(m, "aa", "se", "drop_path", "has_skip"),
+    )
+
+
+def _conv_module_problem(conv, name: str):
+    """A conv a chain runs: a plain nn.Conv2d fuses with its norm; any other conv module (timm's Conv2dSame,
+    MixedConv2d, CondConv2d) runs as itself, then its norm + activation are one pass."""
+    return None if isinstance(conv, nn.Module) else f"{name} is missing"
+
+
+def _timm_efficientnet_check(m, parent, name):
+    return R.problems(
+        _conv_module_problem(m.conv_stem, "conv_stem"), R.norm_problem(m.bn1, "bn1"),
+        None if type(m.conv_head) is nn.Identity else _conv_module_problem(m.conv_head, "conv_head"),
+        R.norm_problem(m.bn2, "bn2"), R.has_attributes(m, "blocks"),
+    )
+
+
+def _timm_mobilenetv3_check(m, parent, name):
+    return R.problems(_conv_module_problem(m.conv_stem, "conv_stem"), R.norm_problem(m.bn1, "bn1"),
+                      R.has_attributes(m, "blocks"))
+
+
+# timm's EfficientNet / MobileNet blocks: (conv, norm) pairs and module calls, then drop_path + shortcut (has_skip)
+_TIMM_CHAINS = {
+    "InvertedResidual": ((("cn", "conv_s2d", "bn_s2d"), ("cn", "conv_pw", "bn1"), ("cn", "conv_dw", "bn2"),
+                          ("m", "aa"), ("m", "se"), ("cn", "conv_pwl", "bn3")), ("conv_s2d", "bn_s2d")),
+    "EdgeResidual": ((("cn", "conv_exp", "bn1"), ("m", "aa"), ("m", "se"), ("cn", "conv_pwl", "bn2")), ()),
+    "ConvBnAct": ((("cn", "conv", "bn1"), ("m", "aa")), ()),
+}
+
+
+def _timm_chain_check(steps, optional):
+    convs = [(s[1], s[2]) for s in steps if s[0] == "cn"]
+    modules = [s[1] for s in steps if s[0] == "m"]
+
+    def check(m, parent, name):
+        required = [c for pair in convs for c in pair if c not in optional] + modules
+        problem = R.children_problem(m, required, (*optional, "drop_path"))
+        if problem:
+            return problem
+        return R.problems(
+            *(R.problems(_conv_module_problem(m._modules[c], c), R.norm_problem(m._modules[n], n))
+              for c, n in convs if m._modules.get(c) is not None),
+            R.has_attributes(m, "has_skip"))
+    return check
+
+
+def _chain_guards(steps) -> tuple:
+    return tuple(g for s in steps if s[0] == "cn" for g in (s[1], s[2] + ".**"))
+
+
+def tv_block_forward(self, x: Tensor) -> Tensor:
+    """torchvision ``MBConv`` / ``FusedMBConv`` (EfficientNet v1/v2) and MobileNetV3 ``InvertedResidual``:
+    ``self.block`` (Conv2dNormActivation children, themselves swapped, and a squeeze-excitation module) runs as
+    it is up to its last Conv2dNormActivation (conv + BN, no activation), which takes the residual add in its pass
+    (``result += input``: the BN output's dtype) while the stochastic depth is the identity."""
+    layers = list(self.block._modules.values())
+    h = x
+    for m in layers[:-1]:
+        h = m(h)
+    last = layers[-1]
+    residual = self.use_res_connect
+    sd = getattr(self, "stochastic_depth", None)
+    if residual and F_.drop_path_inactive(sd) and F_.unhooked(last) and not R.cna_problem(last, "last") \
+            and len(last) == 2:
+        conv, bn, _ = R.cna_parts(last)
+        return conv_bn_add(h, conv, bn, x, activation="none", add="bn")
+    h = last(h)
+    if residual:
+        if sd is not None:
+            h = sd(h)
+        h += x
+    return h
+
+
+def _tv_block_check(m, parent, name):
+    problem = R.children_problem(m, ("block",), ("stochastic_depth",))
+    if problem:
+        return problem
+    if type(m.block) is not nn.Sequential or len(m.block) == 0:
+        return "block is not a non-empty nn.Sequential"
+    last = list(m.block)[-1]
+    return R.problems(R.cna_problem(last, f"block[{len(m.block) - 1}]"),
+                      None if len(last) == 2 else "the last Conv2dNormActivation has an activation",
+                      None if isinstance(getattr(m, "use_res_connect", None), bool) else "no use_res_connect flag")
+
+
+def mnasnet_inverted_residual_forward(self, x: Tensor) -> Tensor:
+    """torchvision MNASNet ``_InvertedResidual``: ``self.layers`` (conv, BN, ReLU, depthwise conv, BN, ReLU, conv, BN)
+    as its Sequential plan, the last conv + BN taking the residual add in its pass."""
+    seq = self.layers
+    if not self.apply_residual:
+        return seq(x)
+    plan = None if F_.global_hooks() else F_.sequential_plan(seq)
+    if plan and plan[-1][0] == "cba" and plan[-1][2] is not None and plan[-1][3] == "none" and F_.unhooked(seq):
+        mods = seq._modules
+        h = x
+        for step in plan[:-1]:
+            h = F_.run_plan_step(mods, step, h)
+        return conv_bn_add(h, mods[plan[-1][1]], mods[plan[-1][2]], x, activation="none", add="promote")
+    return seq(x) + x
+
+
+def _mnasnet_check(m, parent, name):
+    return R.problems(R.children_problem(m, ("layers",)),
+                      None if type(m.layers) is nn.Sequential else "layers is not an nn.Sequential",
+                      None if isinstance(getattr(m, "apply_residual", None), bool) else "no apply_residual flag")
+
+
+_TV_BLOCK_HOW = ("block's Conv2dNormActivations fused (their own rule); the last conv + BN + residual add: one "
+                 "pass (squeeze-excitation and an active stochastic depth stay module calls)")
+
+
+SWAP_RULES = [
+    R.Rule("torchvision_InvertedResidual", "torchvision.models.mobilenetv2.InvertedResidual",
+           {"forward": inverted_residual_forward},
+           "expand/depthwise conv+bn+relu6 fused; project conv+bn(+add) fused", _tv_inverted_residual_check,
+           owns=("conv",), guards=("conv.**",)),
+    R.Rule("timm_DepthwiseSeparableConv", "timm.models._efficientnet_blocks.DepthwiseSeparableConv",
+           {"forward": depthwise_separable_forward},
+           "depthwise conv+bn+act fused; pointwise conv+bn+act (or +add) fused", _timm_ds_check,
+           guards=("conv_s2d", "bn_s2d.**", "conv_dw", "bn1.**", "conv_pw", "bn2.**")),
+    R.Rule("timm_EfficientNet", "timm.models.efficientnet.EfficientNet",
+           {"forward_features": efficientnet_forward_features}, "stem (and head) conv+bn+act fused",
+           _timm_efficientnet_check, guards=("conv_stem", "bn1.**", "conv_head", "bn2.**")),
+    R.Rule("timm_MobileNetV3", "timm.models.mobilenetv3.MobileNetV3",
+           {"forward_features": timm_mobilenetv3_forward_features}, "stem conv+bn+act fused",
+           _timm_mobilenetv3_check, guards=("conv_stem", "bn1.**")),
+    *(R.Rule(f"timm_{cls}", f"timm.models._efficientnet_blocks.{cls}",
+             {"forward": F_.chain_forward(steps)},
+             "every conv + BN (+ act) fused (any activation; a non-plain conv runs as itself, its BN + act one pass); "
+             "the last conv + BN + residual add: one pass while drop_path is the identity; aa / se stay module calls",
+             _timm_chain_check(steps, optional), guards=_chain_guards(steps))
+      for cls, (steps, optional) in _TIMM_CHAINS.items()),
+    *(R.Rule(f"torchvision_{mod}_{cls}", f"torchvision.models.{mod}.{cls}", {"forward": tv_block_forward}, _TV_BLOCK_HOW,
+             _tv_block_check, guards=("block.**", "stochastic_depth"))
+      for mod, cls in (("efficientnet", "MBConv"), ("efficientnet", "FusedMBConv"),
+                       ("mobilenetv3", "InvertedResidual"))),
+    R.Rule("torchvision_mnasnet_InvertedResidual", "torchvision.models.mnasnet._InvertedResidual",
+           {"forward": mnasnet_inverted_residual_forward},
+           "layers' conv -> BN -> ReLU runs fused (Sequential plan); the last conv + BN + residual add: one pass",
+           _mnasnet_check, guards=("layers",)),
+]

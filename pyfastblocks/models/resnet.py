@@ -1,16 +1,24 @@
-"""ResNet-18/34/50/101/152 (torchvision layout and state_dict keys, ResNet v1.5: the stride on the 3x3) built from
-the fused blocks: every conv -> BN -> ReLU is one ``conv_bn_act``, every block tail (conv3 -> BN -> + identity ->
-ReLU) one ``conv_bn_add``.
+"""The ResNet family: ResNet-18/34/50/101/152 (torchvision layout and state_dict keys, ResNet v1.5: the stride on
+the 3x3) built from the fused blocks (every conv -> BN -> ReLU is one ``conv_bn_act``, every block tail (conv3 ->
+BN -> + identity -> ReLU) one ``conv_bn_add``), and the swap() rules of torchvision's and timm's ResNets.
 
 The ``*_forward`` functions are also the forwards :func:`pyfastblocks.swap` gives torchvision's own
-``BasicBlock`` / ``Bottleneck`` / ``ResNet``: they use only the child modules, by their torchvision names.
+``BasicBlock`` / ``Bottleneck`` / ``ResNet``: they use only the child modules, by their torchvision names. timm's
+``BasicBlock`` / ``Bottleneck`` / ``ResNet`` (resnet*, resnext*, seresnet*, ecaresnet*, ...): what the fused ops
+cannot do (DropBlock, anti-aliasing, attention other than a squeeze-excitation gate) runs as the block's own module,
+in timm's order; a squeeze-excitation gate before the residual add is applied in the add's pass
+(:func:`pyfastblocks.models._fused.gated_add_act`).
 """
 from typing import List, Optional, Type, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._fused import conv_bn_act, conv_bn_add, load_weights
+from .. import activations
+from ..nn import _tail
+from . import _rules as R
+from ._fused import (act_name, bn_act, compose_acts, conv_bn_act, conv_bn_add, drop_path_inactive, gated_add_act,
+                     load_weights, norm_act, plain_conv, run_conv_norm_act, se_gate)
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -199,3 +207,187 @@ def resnet101(num_classes: int = 1000, weights=None, **kwargs) -> ResNet:
 def resnet152(num_classes: int = 1000, weights=None, **kwargs) -> ResNet:
     """ResNet-152 v1.5 (torchvision keys). ``weights``: a state_dict or a path to one (``strict=True``)."""
     return _resnet(Bottleneck, [3, 8, 36, 3], num_classes, weights, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# timm.models.resnet (timm itself is never imported here: the blocks' children by their timm names)
+
+
+def timm_residual_tail(self, h: Tensor, shortcut: Tensor, conv: nn.Conv2d, norm: nn.Module, act: nn.Module) -> Tensor:
+    """conv -> norm -> se -> drop_path -> (+ downsample(shortcut)) -> act, timm's order (``x += shortcut``: the
+    BatchNorm output's dtype). Without se / drop_path the BN, add and activation are one pass (or, CPU eval, the
+    convolution's post-ops); a squeeze-excitation gate is applied in the add's pass where
+    :func:`gated_add_act` can."""
+    bn, inner = norm_act(norm)
+    outer = act_name(act)
+    se = getattr(self, "se", None)
+    drop_path = getattr(self, "drop_path", None)
+    if R.is_identity(se) and drop_path_inactive(drop_path) and inner == "none" and outer is not None:
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        return conv_bn_add(h, conv, bn, shortcut, activation=outer, add="bn")  # x += shortcut
+    y = conv_bn_act(h, conv, bn, inner)
+    gate = se_gate(se, y) if not R.is_identity(se) else None
+    if gate is None and se is not None:
+        y = se(y)
+    if not drop_path_inactive(drop_path):
+        if gate is not None:
+            y, gate = y * gate, None
+        y = drop_path(y)
+    if self.downsample is not None:
+        shortcut = self.downsample(shortcut)
+    if outer is not None:
+        if gate is not None:
+            return gated_add_act(y, gate, shortcut, outer, add="bn")
+        name, slope = activations.split(outer)
+        return _tail.add_act(y, shortcut, name, "bn", slope)
+    if gate is not None:
+        y = y * gate
+    return act((y + shortcut).to(y.dtype))  # timm: x += shortcut (x's dtype; out of place: y may be saved for backward)
+
+
+def timm_basic_block_forward(self, x: Tensor) -> Tensor:
+    if R.is_identity(self.drop_block):
+        h = run_conv_norm_act(x, self.conv1, self.bn1, self.act1)
+    else:
+        h = self.act1(self.drop_block(self.bn1(self.conv1(x))))
+    h = self.aa(h)
+    return timm_residual_tail(self, h, x, self.conv2, self.bn2, self.act2)
+
+
+def timm_bottleneck_forward(self, x: Tensor) -> Tensor:
+    h = run_conv_norm_act(x, self.conv1, self.bn1, self.act1)
+    if R.is_identity(self.drop_block):
+        h = run_conv_norm_act(h, self.conv2, self.bn2, self.act2)
+    else:
+        h = self.act2(self.drop_block(self.bn2(self.conv2(h))))
+    h = self.aa(h)
+    return timm_residual_tail(self, h, x, self.conv3, self.bn3, self.act3)
+
+
+def timm_stem(x: Tensor, conv: nn.Module, norm: nn.Module, act: Optional[nn.Module]) -> Tensor:
+    """A stem's conv (a plain conv, or anything else run as itself, e.g. timm's deep stem Sequential) -> norm ->
+    act, the norm + act fused."""
+    if plain_conv(conv):
+        return run_conv_norm_act(x, conv, norm, act)
+    x = conv(x)
+    spec = norm_act(norm)
+    a = act_name(act)
+    if spec is not None and spec[0] is not None and compose_acts(spec[1], a) is not None:
+        return bn_act(x, spec[0], compose_acts(spec[1], a))
+    x = norm(x)
+    return act(x) if act is not None else x
+
+
+def timm_resnet_forward_features(self, x: Tensor) -> Tensor:
+    if self.grad_checkpointing and not torch.jit.is_scripting():
+        return type(self)._fastblocks_base.forward_features(self, x)
+    x = timm_stem(x, self.conv1, self.bn1, self.act1)
+    x = self.maxpool(x)
+    x = self.layer1(x)
+    x = self.layer2(x)
+    x = self.layer3(x)
+    return self.layer4(x)
+
+
+def timm_bottle2neck_forward(self, x: Tensor) -> Tensor:
+    """timm ``Bottle2neck`` (Res2Net, Res2NeXt): conv1 + bn1 + act fused; each scale's conv + BN + act fused (the
+    hierarchical add ``sp + spx[i]`` and the concat stay eager: both the sum and the activated output are read
+    again); conv3 + bn3 (+ a squeeze-excitation gate) + residual add + act as :func:`timm_residual_tail`."""
+    out = run_conv_norm_act(x, self.conv1, self.bn1, self.relu)
+    spx = torch.split(out, self.width, 1)
+    spo = []
+    sp = spx[0]
+    for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+        sp = spx[i] if i == 0 or self.is_first else sp + spx[i]
+        sp = run_conv_norm_act(sp, conv, bn, self.relu)
+        spo.append(sp)
+    if self.scale > 1:
+        spo.append(self.pool(spx[-1]) if self.pool is not None else spx[-1])
+    out = torch.cat(spo, 1)
+    if not R.is_identity(self.drop_block):
+        out = self.drop_block(out)
+    return timm_residual_tail(self, out, x, self.conv3, self.bn3, self.relu)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# swap() rules
+
+
+def _tv_basic_check(m, parent, name):
+    return R.problems(
+        R.children_problem(m, ("conv1", "bn1", "relu", "conv2", "bn2"), ("downsample",)),
+        R.conv_problem(m.conv1, "conv1"), R.conv_problem(m.conv2, "conv2"),
+        R.bn_problem(m.bn1, "bn1"), R.bn_problem(m.bn2, "bn2"), R.act_problem(m.relu, "relu"),
+    )
+
+
+def _tv_bottleneck_check(m, parent, name):
+    return R.problems(
+        R.children_problem(m, ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu"), ("downsample",)),
+        *(R.conv_problem(getattr(m, f"conv{i}"), f"conv{i}") for i in (1, 2, 3)),
+        *(R.bn_problem(getattr(m, f"bn{i}"), f"bn{i}") for i in (1, 2, 3)),
+        R.act_problem(m.relu, "relu"),
+    )
+
+
+def _tv_resnet_check(m, parent, name):
+    return R.problems(R.conv_problem(m.conv1, "conv1"), R.bn_problem(m.bn1, "bn1"), R.act_problem(m.relu, "relu"))
+
+
+def _timm_block_check(n_convs):
+    def check(m, parent, name):
+        names = [f"conv{i}" for i in range(1, n_convs + 1)]
+        return R.problems(
+            *(R.conv_problem(getattr(m, c, None), c) for c in names),
+            *(R.norm_problem(getattr(m, f"bn{i}", None), f"bn{i}") for i in range(1, n_convs + 1)),
+            R.has_attributes(m, "drop_block", "aa", "se", "drop_path", "downsample"),
+        )
+    return check
+
+
+def _timm_resnet_check(m, parent, name):
+    return R.problems(R.has_attributes(m, "grad_checkpointing"), R.norm_problem(m.bn1, "bn1"))
+
+
+def _timm_bottle2neck_check(m, parent, name):
+    convs, bns = m._modules.get("convs"), m._modules.get("bns")
+    return R.problems(
+        R.children_problem(m, ("conv1", "bn1", "convs", "bns", "conv3", "bn3", "relu"),
+                           ("pool", "se", "downsample", "drop_block", "drop_path")),
+        R.conv_problem(m.conv1, "conv1"), R.conv_problem(m.conv3, "conv3"),
+        R.norm_problem(m.bn1, "bn1"), R.norm_problem(m.bn3, "bn3"),
+        None if type(convs) is nn.ModuleList and type(bns) is nn.ModuleList and len(convs) == len(bns) else
+        "convs / bns are not ModuleLists of one length",
+        *(R.conv_problem(c, f"convs.{i}") for i, c in enumerate(convs or ())),
+        *(R.norm_problem(b, f"bns.{i}") for i, b in enumerate(bns or ())),
+        R.act_problem(m.relu, "relu", None),
+        R.has_attributes(m, "width", "scale", "is_first", "pool", "se", "drop_path", "downsample", "drop_block"),
+    )
+
+
+SWAP_RULES = [
+    R.Rule("torchvision_BasicBlock", "torchvision.models.resnet.BasicBlock", {"forward": basic_block_forward},
+           "conv1+bn1+relu fused; conv2+bn2+add+relu fused", _tv_basic_check,
+           guards=("conv1", "bn1", "relu", "conv2", "bn2")),
+    R.Rule("torchvision_Bottleneck", "torchvision.models.resnet.Bottleneck", {"forward": bottleneck_forward},
+           "conv1/conv2+bn+relu fused; conv3+bn3+add+relu fused", _tv_bottleneck_check,
+           guards=("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu")),
+    R.Rule("torchvision_ResNet", "torchvision.models.resnet.ResNet", {"_forward_impl": resnet_forward_impl},
+           "stem conv1+bn1+relu fused", _tv_resnet_check, guards=("conv1", "bn1", "relu")),
+    R.Rule("timm_BasicBlock", "timm.models.resnet.BasicBlock", {"forward": timm_basic_block_forward},
+           "conv+bn+act fused; bn2+add+act2 fused (a squeeze-excitation gate in the same pass; other attention or "
+           "drop_path between: bn2 fused, add+act2 fused)", _timm_block_check(2),
+           guards=("conv1", "bn1.**", "drop_block", "act1", "conv2", "bn2.**", "act2", "se.**")),
+    R.Rule("timm_Bottleneck", "timm.models.resnet.Bottleneck", {"forward": timm_bottleneck_forward},
+           "conv+bn+act fused; bn3+add+act3 fused (a squeeze-excitation gate in the same pass; other attention or "
+           "drop_path between: bn3 fused, add+act3 fused)", _timm_block_check(3),
+           guards=("conv1", "bn1.**", "act1", "conv2", "bn2.**", "drop_block", "act2", "conv3", "bn3.**", "act3",
+                   "se.**")),
+    R.Rule("timm_ResNet", "timm.models.resnet.ResNet", {"forward_features": timm_resnet_forward_features},
+           "stem conv1+bn1+act1 fused", _timm_resnet_check, guards=("conv1.**", "bn1.**", "act1")),
+    R.Rule("timm_Bottle2neck", "timm.models.res2net.Bottle2neck", {"forward": timm_bottle2neck_forward},
+           "conv1+bn1+act and every scale's conv+bn+act fused; bn3+add+act fused (a squeeze-excitation gate in the "
+           "same pass); the scales' adds and the concat stay eager", _timm_bottle2neck_check, owns=("convs", "bns"),
+           guards=("conv1", "bn1.**", "convs.**", "bns.**", "conv3", "bn3.**", "relu", "se.**")),
+]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _rules as R
 from ._fused import act_name, compose_acts, conv_bn_act, conv_bn_add, load_weights, norm_act, run_conv_norm_act
 
 __all__ = ["Xception", "xception"]
@@ -259,3 +260,104 @@ def _aligned_shortcut(self, x: Tensor) -> Tensor:
         return x
     bn, act = norm_act(sc.bn)
     return conv_bn_act(x, sc.conv, bn, act)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# swap() rules
+
+
+def _legacy_block_check(m, parent, name):
+    problem = R.children_problem(m, ("rep",), ("skip", "skipbn"))
+    if problem:
+        return problem
+    if m.skip is not None:
+        problem = R.problems(R.conv_problem(m.skip, "skip"), R.bn_problem(getattr(m, "skipbn", None), "skipbn"))
+        if problem:
+            return problem
+    if type(m.rep) is not nn.Sequential:
+        return "rep is not an nn.Sequential"
+    plan = legacy_block_plan(m.rep)
+    if plan is None:
+        return "rep is not ([ReLU] SeparableConv2d BatchNorm2d)* [MaxPool2d]"
+    stages, pool = plan
+    first = m.rep[0]
+    for sep_name, bn_name, _ in stages:
+        sep = m.rep._modules[sep_name]
+        problem = R.problems(
+            None if R.class_path(sep) == "timm.models.xception.SeparableConv2d" else f"rep.{sep_name} is "
+            f"{type(sep).__name__}",
+            R.children_problem(sep, ("conv1", "pointwise")),
+            R.conv_problem(sep.conv1, f"rep.{sep_name}.conv1"), R.conv_problem(sep.pointwise, f"rep.{sep_name}.pointwise"))
+        if problem:
+            return problem
+    if type(first) is nn.ReLU and first.inplace:
+        return "the first ReLU is in place (it would change the block input the residual reads)"
+    return None
+
+
+def _legacy_xception_check(m, parent, name):
+    problems = [R.conv_problem(m.conv1, "conv1"), R.conv_problem(m.conv2, "conv2"),
+                R.norm_problem(m.bn1, "bn1"), R.norm_problem(m.bn2, "bn2"),
+                R.norm_problem(m.bn3, "bn3"), R.norm_problem(m.bn4, "bn4")]
+    for c in ("conv3", "conv4"):
+        sep = getattr(m, c)
+        problems += [None if R.class_path(sep) == "timm.models.xception.SeparableConv2d" else f"{c} is "
+                     f"{type(sep).__name__}", R.conv_problem(sep.conv1, f"{c}.conv1"),
+                     R.conv_problem(sep.pointwise, f"{c}.pointwise")]
+    problems += [None if hasattr(m, f"block{i}") else f"no block{i}" for i in range(1, 13)]
+    return R.problems(*problems)
+
+
+def _aligned_separable_check(m, parent=None, name=""):
+    problem = R.problems(R.conv_problem(m.conv_dw, "conv_dw"), R.conv_problem(m.conv_pw, "conv_pw"),
+                        R.norm_problem(m.bn_dw, "bn_dw"), R.norm_problem(m.bn_pw, "bn_pw"))
+    if problem:
+        return problem
+    if aligned_separable_acts(m) is None:
+        return "act_dw/act_pw are not activations of the table (or do not compose with their norms)"
+    return None
+
+
+def _aligned_module_check(m, parent, name):
+    if type(m.stack) is not nn.Sequential:
+        return "stack is not an nn.Sequential"
+    plan = aligned_module_plan(m.stack)
+    if plan is None:
+        return "stack is not ([ReLU] SeparableConv2d)*"
+    problems = []
+    for sep_name, _ in plan:
+        sep = m.stack._modules[sep_name]
+        if R.class_path(sep) != "timm.models.xception_aligned.SeparableConv2d":
+            problems.append(f"stack.{sep_name} is {type(sep).__name__}")
+        else:
+            problems.append(_aligned_separable_check(sep))
+    first = m.stack[0]
+    if type(first) is nn.ReLU and first.inplace:
+        problems.append("the first ReLU is in place (it would change the block input the shortcut reads)")
+    sc = getattr(m, "shortcut", None)
+    if sc is not None:
+        problems.append(R.timm_cna_problem(sc, "shortcut"))
+    problems += [None if hasattr(m, a) else f"no attribute {a}" for a in ("no_skip", "drop_path")]
+    return R.problems(*problems)
+
+
+SWAP_RULES = [
+    R.Rule("timm_legacy_xception_Block", "timm.models.xception.Block", {"forward": legacy_block_forward},
+          "ReLU before each separable conv as the depthwise prologue/previous epilogue; pointwise conv+bn(+relu) "
+          "fused; last bn+residual add fused", _legacy_block_check, owns=("rep",), guards=("rep.**", "skip", "skipbn")),
+    R.Rule("timm_legacy_xception_Xception", "timm.models.xception.Xception",
+          {"forward_features": legacy_xception_forward_features},
+          "entry convs conv+bn+relu fused; exit separable convs: pointwise conv+bn+relu fused", _legacy_xception_check,
+          guards=("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3.**", "bn3", "act3", "conv4.**", "bn4",
+                  "act4")),
+    R.Rule("timm_XceptionModule", "timm.models.xception_aligned.XceptionModule",
+          {"forward": aligned_module_forward},
+          "separable convs: depthwise conv+bn(+act) and pointwise conv+bn(+next ReLU) fused, first ReLU as the "
+          "depthwise prologue; last bn+shortcut add fused", _aligned_module_check, owns=("stack", "shortcut"),
+          guards=("stack.**", "shortcut.**")),
+    R.Rule("timm_aligned_SeparableConv2d", "timm.models.xception_aligned.SeparableConv2d",
+          {"forward": aligned_separable_forward}, "depthwise and pointwise conv+bn+act fused",
+          _aligned_separable_check, guards=("conv_dw", "bn_dw.**", "act_dw", "conv_pw", "bn_pw.**", "act_pw")),
+    R.Rule("timm_PreXceptionModule", "timm.models.xception_aligned.PreXceptionModule", {},
+          "", R.left_alone("pre-activation Xception (xception41p/65p) blocks are not fused")),
+]

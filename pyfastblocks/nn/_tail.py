@@ -29,20 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import activations, ops
+from .. import policy as _policy
 from .._autocast import _data as _autocast_data
 from .._layout import accumulation_dtype
 from .batchnorm import fold_batchnorm
 
-__all__ = ["TRAINING_BACKEND", "add_act", "bn_spec", "bn_tail"]
+__all__ = ["TRAINING_BACKEND", "add_act", "bn_spec", "bn_tail", "scale_act"]
 
-# How batch statistics run in the models and swapped blocks, per device type: "fastblocks" (the statistics, then
-# normalize + activation (+ add, + concat) as one fused pass) or "eager" (ATen's batch_norm, then the activation
-# in place, or the add + ReLU / ReLU + concat as eager ops). The CPU default is "eager": there the fused training
-# path was 0.66-0.8x the eager model (report of issue 5: the statistics in Python ops and the backward of
-# add_relu / branch_concat, 15-25% slower on CPU than eager's add_ + relu_), so "eager" runs a training step as
-# the original model does. Eval never uses batch statistics and is always fused. Re-exported by
-# pyfastblocks.models (the same dict).
-TRAINING_BACKEND: Dict[str, str] = {"cpu": "eager", "cuda": "fastblocks"}
+# How batch statistics run in the models and swapped blocks, per device type: pyfastblocks.policy (the same dict).
+TRAINING_BACKEND: Dict[str, str] = _policy.TRAINING_BACKEND
 
 # (weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps, training, track_running_stats)
 Spec = tuple
@@ -239,7 +234,7 @@ def bn_tail(inputs: List[Tensor], specs: List[Spec], residual: Optional[Tensor] 
     if swapped and residual is not None and residual.shape != x0.shape:  # the original's add broadcasts
         return _eager_tail(inputs, specs, residual, activation, negative_slope, add)
     if any(batch):
-        eager = swapped and TRAINING_BACKEND.get(x0.device.type, "fastblocks") == "eager"
+        eager = swapped and _policy.training_backend(x0.device.type) == "eager"
         # an empty batch / one value per channel: BatchNorm's own result (empty) or error
         if eager or any(b and x.numel() <= x.size(1) for x, b in zip(inputs, batch)):
             return _eager_tail(inputs, specs, residual, activation, negative_slope, add)
@@ -293,19 +288,38 @@ def _promoted(tensors: Sequence[Tensor], dtype: Optional[torch.dtype] = None) ->
 
 
 def add_act(y: Tensor, residual: Tensor, activation: str = "relu", add: str = "promote",
-            negative_slope: float = 0.01) -> Tensor:
+            negative_slope: float = 0.01, scale: Optional[Tensor] = None) -> Tensor:
     """``act(y + residual)`` as one ``fastblocks::add_act`` pass, with eager's result dtype (``add``: as in
-    :func:`bn_tail`; autocast leaves the add alone). Broadcasting shapes run as eager ops."""
+    :func:`bn_tail`; autocast leaves the add alone). ``scale`` (``[C]``): ``act(y * scale[c] + residual)``, the
+    product in the same pass (a squeeze-excitation gate, a residual branch's scale). Broadcasting shapes run as eager
+    ops."""
     if y.shape != residual.shape:
-        out = _eager_add(y.clone() if add == "bn" else y, residual, add)
+        if scale is not None:
+            y = y * scale.view(-1, *([1] * (y.dim() - 2)))
+        out = _eager_add(y.clone() if add == "bn" and scale is None else y, residual, add)
         return activations.apply(out, activation, negative_slope, inplace=True)
     y, residual = _promoted([y, residual], _ADD_DTYPE[add](y, residual))
+    if scale is not None and scale.dtype not in (y.dtype, torch.float32):
+        scale = scale.to(y.dtype)
     device_type = y.device.type
     if _autocast_on(device_type):
         with torch.autocast(device_type, enabled=False):
-            return ops.add_act(y, residual, None, None, activation, negative_slope)
-    return ops.add_act(y, residual, None, None, activation, negative_slope)
+            return ops.add_act(y, residual, scale, None, activation, negative_slope)
+    return ops.add_act(y, residual, scale, None, activation, negative_slope)
+
+
+def scale_act(x: Tensor, scale: Tensor, activation: str = "relu", negative_slope: float = 0.01) -> Tensor:
+    """``act(x * scale[c])`` as one ``fastblocks::affine_act`` pass, in x's dtype (eager's product of x and a
+    scale of its dtype; autocast leaves it alone)."""
+    if scale.dtype not in (x.dtype, torch.float32):
+        scale = scale.to(x.dtype)
+    device_type = x.device.type
+    if _autocast_on(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return ops.affine_act(x, scale, None, activation, negative_slope)
+    return ops.affine_act(x, scale, None, activation, negative_slope)
 
 
 torch.fx.wrap("bn_tail")
 torch.fx.wrap("add_act")
+torch.fx.wrap("scale_act")

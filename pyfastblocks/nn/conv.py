@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import activations, ops
+from .. import policy as _policy
 from .._layout import accumulation_dtype
 from . import _tail
 from .batchnorm import uses_batch_stats
@@ -87,30 +88,10 @@ def zero_padded(conv: nn.Conv2d) -> bool:
     return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
-# CPU eval: fold the BatchNorm into the convolution's weight (oneDNN then runs conv + bias + activation) or run the
-# convolution and then one fused BN + activation pass over its output? Folding costs an op call and a pass over the
-# weight, and a weight oneDNN has not seen before (a new tensor at every call) may cost it a fresh reorder: for
-# 512x512x3x3 that was 9 ms on one thread, 4 ns per weight element, while 1x1 weights cost ~0.2 ns. The other path
-# costs an op call or two and a pass over the output (~2 ns per element on one thread). Measured on this project's
-# 2-core CPU over ResNet / Inception / MobileNet / Xception layer shapes
-# (benchmarks/results/2026-11-29-cpu-live-overhead): fold when weight <= FOLD_WEIGHT_BASE + FOLD_WEIGHT_RATIO *
-# output, per kernel kind (1x1, larger).
-FOLD_WEIGHT_BASE = {"1x1": 1 << 15, "kxk": 1 << 12}
-FOLD_WEIGHT_RATIO = {"1x1": 4.0, "kxk": 1.0}
-
-
-def _output_numel(x: Tensor, conv: nn.Conv2d) -> int:
-    n = x.shape[0] * conv.out_channels
-    for i in range(2):
-        size = x.shape[2 + i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1
-        n *= max(size // conv.stride[i] + 1, 0)
-    return n
-
-
-def fold_into_weight(x: Tensor, conv: nn.Conv2d) -> bool:
-    """CPU inference with oneDNN: is folding the BatchNorm into the weight cheaper than a pass over the output?"""
-    kind = "1x1" if conv.kernel_size == (1, 1) else "kxk"
-    return conv.weight.numel() <= FOLD_WEIGHT_BASE[kind] + FOLD_WEIGHT_RATIO[kind] * _output_numel(x, conv)
+# CPU eval: fold the BatchNorm into the weight, or the convolution and then one fused pass? pyfastblocks.policy.
+FOLD_WEIGHT_BASE = _policy.FOLD_WEIGHT_BASE
+FOLD_WEIGHT_RATIO = _policy.FOLD_WEIGHT_RATIO
+fold_into_weight = _policy.fold_into_weight
 
 
 def fx_tracing() -> bool:
