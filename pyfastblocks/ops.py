@@ -236,7 +236,7 @@ def branch_concat(
     activation, then the concat; every input is written straight into its channel range of the output.
 
     Args:
-        inputs: 1 to 16 tensors ``[N, C_i, ...]`` agreeing in every dim but 1, in dtype and device.
+        inputs: 1 to 64 tensors ``[N, C_i, ...]`` agreeing in every dim but 1, in dtype and device.
         scale, bias: ``[sum C_i]``, in the inputs' dtype or float32 (None: 1 and 0).
         activation, negative_slope: as :func:`add_act`. ``relu=True/False`` (keyword) is the older spelling of
             ``activation="relu"/"none"``.
@@ -325,7 +325,7 @@ def _branch_concat_backward_fake(grad_out, channels, inputs, scale, bias, activa
     _check_same_device(op, ("grad_out", grad_out), *((f"inputs[{i}]", t) for i, t in enumerate(inputs)),
                        ("scale", scale), ("bias", bias))
     _check_rank(op, "grad_out", grad_out, 2)
-    torch._check(1 <= len(channels) <= 16, lambda: f"fastblocks::{op}: argument 'channels' must list 1 to 16 channel counts")
+    torch._check(1 <= len(channels) <= 64, lambda: f"fastblocks::{op}: argument 'channels' must list 1 to 64 channel counts")
     for c in channels:
         torch._check(c >= 0, lambda: f"fastblocks::{op}: argument 'channels' must be non-negative, got {list(channels)}")
     torch._check(sum(channels) == grad_out.shape[1],

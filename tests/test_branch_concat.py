@@ -9,7 +9,8 @@ from torch.library import opcheck
 from pyfastblocks import ops
 from pyfastblocks.nn import BNReLU, BranchConcatBNReLU
 
-# (channels per branch, spatial): odd counts, 1..8 branches, a zero-channel branch, ranks 2..5.
+# (channels per branch, spatial): odd counts, 1..8 branches, a zero-channel branch, ranks 2..5, and the limit of 64
+# branches (DenseNet layers) with empty ones among them.
 CONFIGS = [
     ([3], (5, 7)),
     ([4, 8], (3, 3)),
@@ -20,6 +21,7 @@ CONFIGS = [
     ([16, 8, 8], ()),
     ([2, 3], (7,)),
     ([4, 3], (2, 3, 2)),
+    ([3, 0, 5, 1] * 16, (3, 2)),
 ]
 AFFINE = ["none", "scale_bias", "scale", "bias"]
 
@@ -64,7 +66,7 @@ def test_forward_matches_float64_reference(device, channels, spatial, dtype, lay
 @pytest.mark.parametrize("affine", AFFINE)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("channels", [[3, 5], [8, 16, 8], [1, 2, 3, 4, 5, 6, 7, 8]])
+@pytest.mark.parametrize("channels", [[3, 5], [8, 16, 8], [1, 2, 3, 4, 5, 6, 7, 8], [2, 1, 0, 3] * 12])
 def test_backward_matches_float64_autograd(device, channels, dtype, layout, affine, relu):
     inputs, scale, bias = make_inputs(channels, (5, 3), dtype, device, layout, affine, batch=3, requires_grad=True, seed=1)
     y = ops.branch_concat(inputs, scale, bias, relu=relu)
@@ -195,7 +197,7 @@ def _bad_inputs():
         ("inputs\\[0\\]", dict(inputs=[torch.ones(2, 3, dtype=torch.int32)]), "float32"),
         ("scale", dict(inputs=[x, x], scale=torch.randn(5)), "shape \\[6\\]"),
         ("bias", dict(inputs=[x, x], bias=torch.randn(6, 1)), "1-D"),
-        ("inputs", dict(inputs=[x] * 17), "at most 16"),
+        ("inputs", dict(inputs=[x] * 65), "at most 64"),
     ]
     if torch.cuda.is_available():
         cases.append(("inputs\\[1\\]", dict(inputs=[x, x.cuda()]), "device"))

@@ -103,7 +103,7 @@ def _is_rows(x, layout):
     return x.dim() == 2 or (layout == "channels_last" and x.size(1) > 1) or all(d == 1 for d in x.shape[2:])
 
 
-BRANCH_SETS = [[3, 8, 5], [8, 8], [16], [1, 4, 2, 8], [8] * 16]
+BRANCH_SETS = [[3, 8, 5], [8, 8], [16], [1, 4, 2, 8], [8] * 16, [1, 0, 3, 2] * 16]
 
 
 @pytest.mark.parametrize("branches", BRANCH_SETS, ids=lambda b: "-".join(map(str, b)))

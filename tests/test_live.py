@@ -16,6 +16,7 @@ from torch import nn
 
 import pyfastblocks
 import pyfastblocks.models as M
+from conftest import randomize_batchnorm as randomize, training_backend
 from pyfastblocks import nn as fnn
 
 torchvision = pytest.importorskip("torchvision")
@@ -24,19 +25,6 @@ timm = pytest.importorskip("timm")
 from torchvision.models import resnet as tv_resnet  # noqa: E402
 from torchvision.models.mobilenetv2 import InvertedResidual  # noqa: E402
 from torchvision.ops.misc import Conv2dNormActivation  # noqa: E402
-
-
-def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-    return module
 
 
 def randn(*shape, seed=1, dtype=torch.float32):
@@ -184,12 +172,8 @@ def test_input7_empty_batch_in_training(kind):
         block = tv_resnet.BasicBlock(4, 4).train()
         fused = pyfastblocks.swap(block)
         for backend in ("fastblocks", "eager"):
-            saved = M.TRAINING_BACKEND["cpu"]
-            M.TRAINING_BACKEND["cpu"] = backend
-            try:
+            with training_backend(backend):
                 got = fused(x)
-            finally:
-                M.TRAINING_BACKEND["cpu"] = saved
             assert got.shape == block(x).shape == x.shape
         return
     m = {"BNReLU": lambda: fnn.BNReLU(4), "BNAddReLU": lambda: fnn.BNAddReLU(4),
@@ -524,12 +508,8 @@ def test_empty_batch_in_swapped_inverted_residual_training():
     fused = pyfastblocks.swap(block)
     x = torch.randn(0, 8, 5, 5)
     for backend in ("fastblocks", "eager"):
-        saved = M.TRAINING_BACKEND["cpu"]
-        M.TRAINING_BACKEND["cpu"] = backend
-        try:
+        with training_backend(backend):
             got = fused(x)
-        finally:
-            M.TRAINING_BACKEND["cpu"] = saved
         assert got.shape == (0, 8, 5, 5)
     for (name, a), b in zip(block.named_buffers(), fused.buffers()):
         if name.endswith("running_mean") or name.endswith("running_var"):

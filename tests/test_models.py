@@ -30,6 +30,7 @@ import torch
 
 import pyfastblocks
 import pyfastblocks.models as M
+from conftest import randomize_batchnorm
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
@@ -96,19 +97,6 @@ def depthwise_backend(value: str):
 def training_backend(value: str):
     return backend(M.TRAINING_BACKEND, value)
 
-
-def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial running statistics and affine parameters, so that folding them matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-    return model
 
 
 def reference(name: str) -> torch.nn.Module:

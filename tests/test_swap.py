@@ -16,7 +16,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import child_process_env_and_cwd
+from conftest import child_process_env_and_cwd, randomize_batchnorm as randomize
 from torch import nn
 
 import pyfastblocks
@@ -30,18 +30,6 @@ from torchvision.models import inception as tv_inception  # noqa: E402
 from torchvision.models import mobilenetv2 as tv_mobilenetv2  # noqa: E402
 from torchvision.models import resnet as tv_resnet  # noqa: E402
 
-
-def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-    return module
 
 
 def swapped_copy(block: nn.Module) -> nn.Module:

@@ -11,6 +11,7 @@ from torch import nn
 import pyfastblocks
 import pyfastblocks.models as M
 from pyfastblocks.bench.sweep import count_passes
+from conftest import training_backend
 from test_swap import assert_close_scaled, check_block, randn, randomize, step
 
 torchvision = pytest.importorskip("torchvision")
@@ -33,12 +34,8 @@ def check_container(model: nn.Module, x: torch.Tensor, swapped: dict, train: boo
     if train:
         e_loss, e_grads, e_bufs = step(copy.deepcopy(model), x)
         for backend in ("fastblocks", "eager"):
-            saved = M.TRAINING_BACKEND["cpu"]
-            M.TRAINING_BACKEND["cpu"] = backend
-            try:
+            with training_backend(backend):
                 loss, grads, bufs = step(copy.deepcopy(fused), x)
-            finally:
-                M.TRAINING_BACKEND["cpu"] = saved
             torch.testing.assert_close(loss, e_loss, rtol=1e-5, atol=1e-5 * e_loss.abs().item())
             scale = max(g.abs().max().item() for g in e_grads.values())
             for k in e_grads:
@@ -75,12 +72,15 @@ def test_torchvision_dense_block_and_transition():
 def test_torchvision_dense_block_longer_than_one_branch_concat():
     from torchvision.models.densenet import _DenseBlock
 
-    # 18 layers: the last ones concatenate more inputs than one branch_concat takes
+    from pyfastblocks.models.densenet import MAX_CONCAT_INPUTS
+
+    # the last two layers concatenate more inputs than one branch_concat takes (64: more than densenet201's 48)
+    layers = MAX_CONCAT_INPUTS + 2
     x = randn(2, 8, 4, 4)
-    fused = check_container(_DenseBlock(18, 8, 1, 2, 0.0), x, {"torchvision.models.densenet._DenseLayer": 18},
+    fused = check_container(_DenseBlock(layers, 8, 1, 2, 0.0), x, {"torchvision.models.densenet._DenseLayer": layers},
                             train=False)
     counts, _ = count_passes(fused, x)
-    assert counts["bn"] == 0 and counts["cat"] == 1 + 2, dict(counts)  # the block's own + the heads of the layers with 17, 18 inputs
+    assert counts["bn"] == 0 and counts["cat"] == 1 + 2, dict(counts)  # the block's own + the heads of the last two
 
 
 def test_torchvision_dense_layer_dropout_and_memory_efficient():

@@ -13,7 +13,9 @@
 
 namespace fastblocks {
 
-constexpr int kMaxBranches = 16;
+// Inputs of one branch_concat: the most a DenseNet layer concatenates (densenet201's third block: 48 inputs) with
+// room; the backward program holds two tables of this size as a kernel argument (under the 4 KB limit).
+constexpr int kMaxBranches = 64;
 
 // Tensors holding consecutive channel ranges of one logical [N, C, ...] tensor: branch i holds channels
 // [channel_begin[i], channel_begin[i + 1]), as a dense [N, C_i, ...] tensor in the view's memory order.
@@ -87,17 +89,23 @@ struct EpilogueBackwardArgs {
   }
 };
 
-// The last k < count with begin[k] <= v (begin ascending, begin[0] <= v): which branch holds channel v, or
-// which branch a flat pack index v falls in. Written with a compile-time trip count so device code indexes
-// kernel-parameter arrays with constants.
+// The last k < count with begin[k] <= v (begin ascending, begin[0] <= v; 0 when count is 0): which branch holds
+// channel v, or which branch a flat pack index v falls in. A binary search over the count in use: a DenseNet layer
+// has up to kMaxBranches inputs, an Inception block 3-6, and a scan over all N slots would cost every element N steps.
+// Among equal starts (empty branches) it finds the last, the one that holds v.
 template <int N>
 C10_HOST_DEVICE inline int last_at_or_below(const int64_t (&begin)[N], int count, int64_t v) {
-  int i = 0;
-#pragma unroll
-  for (int k = 1; k < N; ++k) {
-    if (k < count && v >= begin[k]) i = k;
+  int lo = 0;
+  int hi = (count < N ? count : N) - 1;
+  while (lo < hi) {  // the answer is in [lo, hi]
+    const int mid = (lo + hi + 1) / 2;
+    if (v >= begin[mid]) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
   }
-  return i;
+  return lo;
 }
 
 // Branch holding channel c.

@@ -33,6 +33,7 @@ __global__ void __launch_bounds__(program::kBlockThreads)
 
 template <class Program>
 void launch_program(const Program& program, cudaStream_t stream) {
+  static_assert(sizeof(Program) <= 4096, "a program is passed by value as the kernel's argument: at most 4 KB");
   const int64_t blocks = program.blocks();
   if (blocks == 0) return;
   using S = program::shared_scalar_t<Program>;

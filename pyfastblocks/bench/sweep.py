@@ -148,6 +148,10 @@ def timm_models() -> List[str]:
 
 
 def image_size(name: str, image: int) -> int:
+    """The input size ``name`` runs at: the sized builders' own (a multiple of their patch), else ``image`` raised
+    to the model's minimum."""
+    if name in SIZED_BUILDERS and image < 224:
+        return min(SIZED_BUILDERS[name], image)
     return max(image, MIN_IMAGE.get(name, 0))
 
 

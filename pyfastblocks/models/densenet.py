@@ -39,8 +39,8 @@ def _sliced_specs(bn, widths: List[int]) -> list:
     return specs
 
 
-# fastblocks::branch_concat takes at most this many inputs
-MAX_CONCAT_INPUTS = 16
+# fastblocks::branch_concat takes at most this many inputs (csrc/common/epilogue_args.h: kMaxBranches)
+MAX_CONCAT_INPUTS = 64
 
 
 def cat_norm_act(inputs: List[Tensor], norm, activation: str) -> Tensor:
