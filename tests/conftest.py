@@ -158,16 +158,8 @@ def training_backend(backend: str, device_type: str = "cpu"):
 
 def randomize_batchnorm(model, seed: int = 0):
     """Random running statistics and affine parameters for every BatchNorm of ``model`` (a fresh model has mean 0,
-    var 1, weight 1, bias 0, which would hide a wrong fold); returns ``model``."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                if m.running_mean is not None:
-                    m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                    m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                if m.weight is not None:
-                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    var 1, weight 1, bias 0, which would hide a wrong fold): the sweep's; returns ``model``."""
+    from pyfastblocks.bench.sweep import randomize_batchnorms
+
+    randomize_batchnorms(model, seed)
     return model

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import child_process_env_and_cwd, randomize_batchnorm as randomize
+from conftest import child_process_env_and_cwd, randomize_batchnorm as randomize, training_backend
 from torch import nn
 
 import pyfastblocks
@@ -57,6 +57,24 @@ def step(block, x, seed=0):
     return loss.detach(), grads, {k: b.clone() for k, b in block.named_buffers()}
 
 
+
+def assert_training_matches(model: nn.Module, fused: nn.Module, x: torch.Tensor) -> None:
+    """One float32 training step of ``fused`` (on both training paths: fused batch statistics, or ATen's batch_norm)
+    gives the loss, gradients and BatchNorm buffers of the same step of ``model``."""
+    e_loss, e_grads, e_bufs = step(copy.deepcopy(model), x)
+    for backend in ("fastblocks", "eager"):
+        with training_backend(backend):
+            loss, grads, bufs = step(copy.deepcopy(fused), x)
+        torch.testing.assert_close(loss, e_loss, rtol=1e-5, atol=1e-5 * e_loss.abs().item())
+        scale = max(g.abs().max().item() for g in e_grads.values())
+        assert grads.keys() == e_grads.keys()
+        for k in e_grads:
+            torch.testing.assert_close(grads[k], e_grads[k], rtol=1e-4, atol=1e-4 * scale,
+                                       msg=lambda m: f"{backend} {k}: {m}")
+        for k in e_bufs:
+            torch.testing.assert_close(bufs[k], e_bufs[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{backend} {k}: {m}")
+
+
 def check_block(block: nn.Module, x: torch.Tensor, train: bool = True) -> nn.Module:
     """The swapped block equals the eager one: eval (NCHW, channels_last: values and output memory format) and, with
     ``train``, one float32 training step."""
@@ -75,23 +93,7 @@ def check_block(block: nn.Module, x: torch.Tensor, train: bool = True) -> nn.Mod
             cl = torch.channels_last
             assert out.is_contiguous(memory_format=cl) == expected.is_contiguous(memory_format=cl)
     if train:
-        e_loss, e_grads, e_bufs = step(copy.deepcopy(block), x)
-        for training_backend in ("fastblocks", "eager"):  # fused batch statistics, or ATen's batch_norm
-            saved = M.TRAINING_BACKEND["cpu"]
-            M.TRAINING_BACKEND["cpu"] = training_backend
-            try:
-                loss, grads, bufs = step(copy.deepcopy(fused), x)
-            finally:
-                M.TRAINING_BACKEND["cpu"] = saved
-            torch.testing.assert_close(loss, e_loss, rtol=1e-5, atol=1e-5 * e_loss.abs().item())
-            scale = max(g.abs().max().item() for g in e_grads.values())
-            assert grads.keys() == e_grads.keys()
-            for k in e_grads:
-                torch.testing.assert_close(grads[k], e_grads[k], rtol=1e-4, atol=1e-4 * scale,
-                                           msg=lambda m: f"{training_backend} {k}: {m}")
-            for k in e_bufs:
-                torch.testing.assert_close(bufs[k], e_bufs[k], rtol=1e-5, atol=1e-5,
-                                           msg=lambda m: f"{training_backend} {k}: {m}")
+        assert_training_matches(block, fused, x)
     return fused
 
 

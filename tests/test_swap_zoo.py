@@ -9,10 +9,8 @@ import torch
 from torch import nn
 
 import pyfastblocks
-import pyfastblocks.models as M
 from pyfastblocks.bench.sweep import count_passes
-from conftest import training_backend
-from test_swap import assert_close_scaled, check_block, randn, randomize, step
+from test_swap import assert_close_scaled, assert_training_matches, check_block, randn, randomize
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
@@ -32,18 +30,7 @@ def check_container(model: nn.Module, x: torch.Tensor, swapped: dict, train: boo
         for xx in (x, x.contiguous(memory_format=torch.channels_last)):
             assert_close_scaled(fused(xx.clone()), model(xx.clone()))
     if train:
-        e_loss, e_grads, e_bufs = step(copy.deepcopy(model), x)
-        for backend in ("fastblocks", "eager"):
-            with training_backend(backend):
-                loss, grads, bufs = step(copy.deepcopy(fused), x)
-            torch.testing.assert_close(loss, e_loss, rtol=1e-5, atol=1e-5 * e_loss.abs().item())
-            scale = max(g.abs().max().item() for g in e_grads.values())
-            for k in e_grads:
-                torch.testing.assert_close(grads[k], e_grads[k], rtol=1e-4, atol=1e-4 * scale,
-                                           msg=lambda m: f"{backend} {k}: {m}")
-            for k in e_bufs:
-                torch.testing.assert_close(bufs[k], e_bufs[k], rtol=1e-5, atol=1e-5,
-                                           msg=lambda m: f"{backend} {k}: {m}")
+        assert_training_matches(model, fused, x)
     return fused
 
 
