@@ -58,10 +58,11 @@ STEPS: List[Step] = [
     Step(
         "build", "environment and build for this card only", 140,
         "nvidia-smi, torch and the tools, then `pip install .` with TORCH_CUDA_ARCH_LIST = this card's capability "
-        "and MAX_JOBS = cores. Measured: the slowest compile units are csrc/cpu/kernels_default.cpp (47 s) then "
-        "kernels_avx2.cpp (~35 s, compiled after the others) on one core of the project's 2-core CPU machine, "
-        "csrc/cuda/depthwise_*_kernel.cu (was one 31 s file) for sm_90 alone; with 16 jobs the build is that chain, ~85 s, plus "
-        "pip and the link: ~100 s. 140 s leaves 40% more for a slower host CPU.",
+        "and MAX_JOBS = cores. Measured on the project's 2-core CPU machine (benchmarks/results/2026-11-29-cpu-build): "
+        "the slowest unit is csrc/cuda/depthwise_input_grad_kernel.cu (104 s for sm_80 + sm_90 + PTX on an idle "
+        "core; one arch here takes about half), every CPU unit 20 s or less, the AVX2 units a second ninja run of "
+        "~30 s; with 16 jobs the build is about that chain, ~90 s, plus pip and the link: ~100 s. 140 s leaves 40% "
+        "more for a slower host CPU.",
         r"""nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
   || echo "nvidia-smi: not available"
 $PY -c "import sys, torch; p = torch.cuda.get_device_properties(0); print('python', sys.version.split()[0], '| torch', torch.__version__, 'CUDA', torch.version.cuda, '|', p.name, 'capability %d.%d' % (p.major, p.minor), '|', p.multi_processor_count, 'SMs |', round(p.total_memory / 2**30), 'GiB')" || exit 1
