@@ -63,6 +63,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from . import activations as A
 from . import ops
+from .models._fused import class_path as _class_path
 
 __all__ = ["freeze", "FrozenModel", "FrozenGraph", "FrozenConv2d", "FrozenAffine", "FrozenLinear", "FreezeReport"]
 
@@ -73,12 +74,6 @@ _EVAL_IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Drop
                     nn.FeatureAlphaDropout)
 # oneDNN's binary (add) convolution takes only these unary post-ops after the add.
 _BINARY_UNARY = {"none": None, "relu": "relu"}
-
-
-def _class_path(obj) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
-    cls = getattr(cls, "_fastblocks_base", cls)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _accumulation(dtype: torch.dtype) -> torch.dtype:

@@ -36,6 +36,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .gate import logits, relative_error
+
 __all__ = ["KINDS", "PassCounter", "SweepRow", "count_passes", "main", "run_sweep", "sweep_model", "totals",
            "format_rows", "format_totals", "timm_models", "torchvision_models"]
 
@@ -190,22 +192,6 @@ def randomize_batchnorms(model: nn.Module, seed: int = 0) -> int:
     return n
 
 
-def _logits(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    return out[0]
-
-
-def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    if a.shape != b.shape:
-        return math.inf
-    err = (a - b).abs().max().item()
-    return err / max(b.abs().max().item(), 1e-12) if not math.isnan(err) else math.inf
-
-
 # float64 check (only where float32 is over TOLERANCE): equal within this, or within 10x the original's own
 # float64 NCHW-vs-channels_last difference (rounding the model amplifies)
 TOLERANCE_F64 = 1e-9
@@ -222,10 +208,10 @@ def float64_error(swapped: nn.Module, x: torch.Tensor) -> Tuple[float, float]:
             m.__class__ = base
     x = x.double()
     with torch.no_grad():
-        ref = _logits(original(x))
-        err = _relative_error(_logits(fused(x)), ref)
+        ref = logits(original(x))
+        err = relative_error(logits(fused(x)), ref)
         original.to(memory_format=torch.channels_last)
-        noise = _relative_error(_logits(original(x.contiguous(memory_format=torch.channels_last))), ref)
+        noise = relative_error(logits(original(x.contiguous(memory_format=torch.channels_last))), ref)
     return err, noise
 
 
@@ -276,20 +262,20 @@ def sweep_model(source: str, name: str, image: int = DEFAULT_IMAGE, batch: int =
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
         cl = torch.channels_last
         before, ref = count_passes(model, x)
-        ref = _logits(ref)
+        ref = logits(ref)
         model.to(memory_format=cl)
         with torch.no_grad():
-            ref_cl = _logits(model(x.contiguous(memory_format=cl)))
+            ref_cl = logits(model(x.contiguous(memory_format=cl)))
         model.to(memory_format=torch.contiguous_format)
         model, report = pyfastblocks.swap(model, inplace=True, report=True)
         after, out = count_passes(model, x)
         model.to(memory_format=cl)
         with torch.no_grad():
-            out_cl = _logits(model(x.contiguous(memory_format=cl)))
+            out_cl = logits(model(x.contiguous(memory_format=cl)))
         row.before = {k: before.get(k, 0) for k in KINDS + EXTRA_KINDS + ("fastblocks",)}
         row.after = {k: after.get(k, 0) for k in KINDS + EXTRA_KINDS + ("fastblocks",)}
-        row.error_nchw = _relative_error(_logits(out), ref)
-        row.error_cl = _relative_error(out_cl, ref_cl)
+        row.error_nchw = relative_error(logits(out), ref)
+        row.error_cl = relative_error(out_cl, ref_cl)
         row.swapped = report.total_swapped
         row.left = [f"{path.split('.')[-1]} x{n}: {reason}" for path, reasons in sorted(report.left.items())
                     for reason, n in reasons.items()]
@@ -301,7 +287,7 @@ def sweep_model(source: str, name: str, image: int = DEFAULT_IMAGE, batch: int =
             # float64 decides
             model.to(memory_format=torch.contiguous_format)
             row.error_f64, noise64 = float64_error(model, x)
-            row.eager_noise = _relative_error(ref_cl, ref)
+            row.eager_noise = relative_error(ref_cl, ref)
             if row.error_f64 <= max(TOLERANCE_F64, 10 * noise64):
                 row.note = (f"float32 differs ({', '.join(bad)}) as the original's own NCHW / channels_last runs do "
                             f"({row.eager_noise:.2g}); float64 {row.error_f64:.1e} (the original's own NCHW vs "

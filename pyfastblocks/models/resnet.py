@@ -246,21 +246,23 @@ def timm_residual_tail(self, h: Tensor, shortcut: Tensor, conv: nn.Conv2d, norm:
     return act((y + shortcut).to(y.dtype))  # timm: x += shortcut (x's dtype; out of place: y may be saved for backward)
 
 
+def _conv_norm_drop_block_act(x: Tensor, conv: nn.Module, bn: nn.Module, drop_block: nn.Module,
+                              act: nn.Module) -> Tensor:
+    """timm's ``act(drop_block(bn(conv(x))))``: one fused conv -> BN -> act unless DropBlock sits in between."""
+    if R.is_identity(drop_block):
+        return run_conv_norm_act(x, conv, bn, act)
+    return act(drop_block(bn(conv(x))))
+
+
 def timm_basic_block_forward(self, x: Tensor) -> Tensor:
-    if R.is_identity(self.drop_block):
-        h = run_conv_norm_act(x, self.conv1, self.bn1, self.act1)
-    else:
-        h = self.act1(self.drop_block(self.bn1(self.conv1(x))))
+    h = _conv_norm_drop_block_act(x, self.conv1, self.bn1, self.drop_block, self.act1)
     h = self.aa(h)
     return timm_residual_tail(self, h, x, self.conv2, self.bn2, self.act2)
 
 
 def timm_bottleneck_forward(self, x: Tensor) -> Tensor:
     h = run_conv_norm_act(x, self.conv1, self.bn1, self.act1)
-    if R.is_identity(self.drop_block):
-        h = run_conv_norm_act(h, self.conv2, self.bn2, self.act2)
-    else:
-        h = self.act2(self.drop_block(self.bn2(self.conv2(h))))
+    h = _conv_norm_drop_block_act(h, self.conv2, self.bn2, self.drop_block, self.act2)
     h = self.aa(h)
     return timm_residual_tail(self, h, x, self.conv3, self.bn3, self.act3)
 
