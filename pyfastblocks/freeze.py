@@ -644,12 +644,12 @@ class _Context:
 
 def _depthwise_route(conv: nn.Conv2d, meta, ctx: _Context) -> bool:
     """Does this depthwise convolution run fastblocks::depthwise_conv2d? The rule of a swapped model
-    (``models._fused``, ``DEPTHWISE_BACKEND``) decided on an (unfilled) tensor like the one it will see."""
-    from .models import _fused
+    (:func:`pyfastblocks.policy.depthwise_kernel`) decided on an (unfilled) tensor like the one it will see."""
+    from . import policy
 
     like = torch.empty_strided(tuple(meta.shape), tuple(meta.stride()), dtype=meta.dtype, device=ctx.device)
     with torch.no_grad():
-        return bool(_fused._fastblocks_depthwise(like, conv))
+        return bool(policy.depthwise_kernel(like, conv))
 
 
 def _conv_backend(conv: nn.Conv2d, meta, ctx: _Context) -> str:

@@ -130,12 +130,6 @@ def norm_problem(norm: nn.Module, name: str) -> Optional[str]:
 _onednn_ok = onednn_inference_ok  # one rule for nn.conv_bn_act and the models
 
 
-def _fastblocks_depthwise(x: Tensor, conv: nn.Conv2d) -> bool:
-    """Run this depthwise conv with fastblocks::depthwise_conv2d (else PyTorch's convolution)?
-    :func:`pyfastblocks.policy.depthwise_kernel`."""
-    return _policy.depthwise_kernel(x, conv)
-
-
 def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, activation: str = "relu",
                 input_relu: bool = False) -> Tensor:
     """``act(bn(conv(relu(x) if input_relu else x)))``: :func:`pyfastblocks.nn.conv_bn_act`, with depthwise
@@ -143,7 +137,7 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, act
     ``activation`` is a spec string (:func:`pyfastblocks.activations.spec`)."""
     depthwise_kernel = None
     if is_depthwise(conv) and not fx_tracing():
-        depthwise_kernel = _fastblocks_depthwise(x, conv)
+        depthwise_kernel = _policy.depthwise_kernel(x, conv)
     name, slope = activations.split(activation)
     return fused_conv_bn_act(x, conv, bn, name, input_relu, depthwise_kernel, swapped=True, negative_slope=slope)
 
@@ -170,7 +164,7 @@ def conv_bn_add(x: Tensor, conv: nn.Conv2d, bn: Optional[_BatchNorm], residual: 
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, residual, weight, None if bias is None else bias.to(x.dtype), list(conv.padding), list(conv.stride),
             list(conv.dilation), conv.groups, "add", 1.0, None if attr == "none" else attr, scalars, algorithm)
-    if depthwise and (fx or _fastblocks_depthwise(x, conv)):
+    if depthwise and (fx or _policy.depthwise_kernel(x, conv)):
         y = ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
     elif fx or not zero_padded(conv):
         y = conv._conv_forward(x, conv.weight, conv.bias)
