@@ -529,12 +529,10 @@ def _norm(m: nn.Module) -> Optional[Tuple[Tensor, Tensor, Tuple[str, float]]]:
                 return None
     elif path != _FROZEN_BN:
         return None
-    eps = float(m.eps)
-    var, mean = m.running_var.detach().double(), m.running_mean.detach().double()
-    weight = m.weight.detach().double() if m.weight is not None else torch.ones_like(var)
-    bias = m.bias.detach().double() if m.bias is not None else torch.zeros_like(var)
-    scale = weight / torch.sqrt(var + eps)
-    return scale, bias - mean * scale, act
+    with torch.no_grad():
+        scale, shift = ops.batchnorm_fold(m.running_mean, m.running_var, m.weight, m.bias, float(m.eps),
+                                          dtype=torch.float64)
+    return scale, shift, act
 
 
 def _conv_padding(conv: nn.Module) -> Optional[List[int]]:
